@@ -1,0 +1,27 @@
+# `make test` and `make demo` set everything up on a fresh machine: a .venv with the pinned packages.
+PY ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+$(STAMP): requirements.txt setup.py
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VPY) tools/demo.py
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do $(VPY) $$b || exit 1; done
+
+clean:
+	rm -rf output $(VENV)

@@ -1,0 +1,1 @@
+from .catalog import DatasetCatalog, MetadataCatalog  # noqa: F401
