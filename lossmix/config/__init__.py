@@ -1,0 +1,1 @@
+from .defaults import CfgNode, get_cfg  # noqa: F401

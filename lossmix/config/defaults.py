@@ -1,0 +1,109 @@
+"""Every config key, with a one-line comment. Names follow detectron2 where a counterpart exists.
+
+``get_cfg()`` returns a fresh copy; YAML files may inherit with ``_BASE_`` and the command line
+overrides with ``KEY VALUE`` pairs. An unknown key is an error that names the key.
+"""
+from fvcore.common.config import CfgNode as _FvCfgNode
+
+
+class CfgNode(_FvCfgNode):
+    """fvcore's CfgNode (yacs + ``_BASE_`` inheritance); unknown keys raise ``KeyError`` naming the key."""
+
+
+_C = CfgNode()
+_C.VERSION = 1  # config schema version
+
+# ---------------------------------------------------------------------------- model
+_C.MODEL = CfgNode()
+_C.MODEL.DEVICE = "auto"  # "auto" (cuda when available, else cpu), "cpu" or "cuda"
+_C.MODEL.WEIGHTS = ""  # local path: our checkpoint, a torchvision detector state dict or an ImageNet backbone state dict; "" = random init
+_C.MODEL.PIXEL_MEAN = [0.485, 0.456, 0.406]  # RGB mean on the 0-1 scale (torchvision's ImageNet statistics)
+_C.MODEL.PIXEL_STD = [0.229, 0.224, 0.225]  # RGB std on the 0-1 scale
+
+_C.MODEL.BACKBONE = CfgNode()
+_C.MODEL.BACKBONE.NAME = "R50-FPN"  # one of R18-FPN, R34-FPN, R50-FPN, R101-FPN, MNV3-FPN
+_C.MODEL.BACKBONE.NORM = "FrozenBN"  # FrozenBN (pretrained weights), BN or GN (training from scratch)
+_C.MODEL.BACKBONE.TRAINABLE_LAYERS = 3  # ResNet stages trained (0-5); the rest are frozen; 5 when training from scratch
+
+_C.MODEL.ANCHOR_GENERATOR = CfgNode()
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]  # anchor sizes (pixels) per FPN level
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]  # height/width ratios, one list for all levels or one per level
+
+_C.MODEL.RPN = CfgNode()
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000  # proposals kept per level before NMS, training
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000  # proposals kept per level before NMS, inference
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000  # proposals kept per image after NMS, training
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000  # proposals kept per image after NMS, inference
+_C.MODEL.RPN.NMS_THRESH = 0.7  # IoU threshold of the proposal NMS
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]  # anchors below the first are background, above the second foreground
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256  # anchors sampled per image for the RPN losses
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5  # largest foreground share of the sampled anchors
+
+_C.MODEL.ROI_HEADS = CfgNode()
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 20  # object classes, background excluded
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512  # proposals sampled per image for the ROI losses
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25  # largest foreground share of the sampled proposals
+_C.MODEL.ROI_HEADS.IOU_THRESHOLD = 0.5  # proposals with IoU >= this are foreground
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05  # detections below this score are dropped at inference
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5  # per-class NMS IoU threshold at inference
+_C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100  # detections kept per image at inference
+
+# ---------------------------------------------------------------------------- input
+_C.INPUT = CfgNode()
+_C.INPUT.MIN_SIZE_TRAIN = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # short side drawn from these, training
+_C.INPUT.MAX_SIZE_TRAIN = 1333  # cap on the long side, training
+_C.INPUT.MIN_SIZE_TEST = 800  # short side at inference
+_C.INPUT.MAX_SIZE_TEST = 1333  # cap on the long side at inference
+_C.INPUT.RANDOM_FLIP = 0.5  # probability of a horizontal flip, training
+
+# ---------------------------------------------------------------------------- datasets
+_C.DATASETS = CfgNode()
+_C.DATASETS.TRAIN = ()  # registered names of the labelled training sets (concatenated)
+_C.DATASETS.TEST = ()  # registered names evaluated by --eval-only and TEST.EVAL_PERIOD
+_C.DATASETS.TRAIN_USE_DIFFICULT = False  # keep VOC "difficult" boxes as training targets
+
+_C.DATALOADER = CfgNode()
+_C.DATALOADER.NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
+_C.DATALOADER.ON_BAD_SAMPLE = "error"  # "error": stop naming the file; "skip": replace the sample and log it
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False  # drop training images without boxes (kept by default: valid negatives)
+
+# ---------------------------------------------------------------------------- LossMix
+_C.LOSSMIX = CfgNode()
+_C.LOSSMIX.MODE = "none"  # none | uniform (union, weights 1) | noise (partner blended, its boxes dropped) | lossmix
+_C.LOSSMIX.METHOD = "mixup"  # mixup | cutmix | saliencymix
+_C.LOSSMIX.ALPHA = 1.0  # lambda ~ Beta(ALPHA, ALPHA); the paper found 1.0 best
+_C.LOSSMIX.PROB = 1.0  # probability that a training sample is mixed
+_C.LOSSMIX.NOISE_RANGE = (0.0, 0.1)  # partner blend weight range for MODE noise
+_C.LOSSMIX.MIN_VISIBLE = 0.1  # patch methods: instances whose visible fraction is below this are dropped
+_C.LOSSMIX.BG_WEIGHT = 1.0  # loss weight of background anchors / proposals
+_C.LOSSMIX.FORMULATION = "instance"  # instance (per-instance weights) | interpolate (lambda*L(x,A) + (1-lambda)*L(x,B))
+
+# ---------------------------------------------------------------------------- solver
+_C.SOLVER = CfgNode()
+_C.SOLVER.IMS_PER_BATCH = 16  # images per iteration over all processes
+_C.SOLVER.BASE_LR = 0.02  # learning rate after warm-up
+_C.SOLVER.MOMENTUM = 0.9  # SGD momentum
+_C.SOLVER.WEIGHT_DECAY = 1e-4  # L2 weight decay
+_C.SOLVER.MAX_ITER = 18000  # training iterations
+_C.SOLVER.STEPS = (12000, 16000)  # iterations at which the LR is multiplied by GAMMA
+_C.SOLVER.GAMMA = 0.1  # LR decay factor at each step
+_C.SOLVER.WARMUP_ITERS = 100  # linear warm-up length
+_C.SOLVER.WARMUP_FACTOR = 0.001  # LR factor at iteration 0 of the warm-up
+_C.SOLVER.CLIP_GRADIENTS = 0.0  # max global gradient norm; 0 disables clipping
+_C.SOLVER.AMP = True  # mixed precision when running on CUDA (ignored on CPU)
+_C.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations between checkpoints
+_C.SOLVER.KEEP_CHECKPOINTS = 3  # periodic checkpoints kept on disk (the newest ones)
+_C.SOLVER.MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
+
+_C.TEST = CfgNode()
+_C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
+_C.TEST.METRIC = "auto"  # auto (from dataset metadata) | voc_area | voc07 | coco
+
+_C.OUTPUT_DIR = "./output"  # run folder: checkpoints, metrics.jsonl, eval/, config.yaml
+_C.SEED = 0  # seeds data order, mixing draws and weight init (per rank)
+_C.LOG_PERIOD = 20  # iterations between metrics.jsonl rows
+
+
+def get_cfg() -> CfgNode:
+    """A fresh copy of the defaults."""
+    return _C.clone()

@@ -1,0 +1,276 @@
+"""Pascal-VOC-format reader (VOC2007/2012, Clipart1k, Watercolor2k, Comic2k share it) -> dataset dicts.
+
+A VOC-format folder holds ``Annotations/<id>.xml``, ``JPEGImages/<file>`` and
+``ImageSets/Main/<split>.txt`` (one image id per line). The XML files are untrusted input: they are
+parsed with defusedxml, and DTDs / entity declarations are refused, never expanded.
+
+Bad input raises :class:`BadSampleError` naming the file, with one of these ``kind`` tags:
+``missing_file``, ``unreadable_file``, ``malformed_xml``, ``hostile_xml``, ``missing_field``,
+``invalid_filename``, ``invalid_size``, ``unknown_class``, ``degenerate_box``, ``box_outside_image``
+(and ``malformed_split`` for the split file itself).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import xml.etree.ElementTree as ET
+from typing import Sequence
+
+import defusedxml
+import defusedxml.ElementTree as SafeET
+
+from ..structures import BoxMode
+from .catalog import DatasetCatalog, MetadataCatalog
+from .errors import BadSampleError
+
+__all__ = ["VOC_CLASSES", "parse_voc_xml", "read_voc_split", "load_voc_instances", "register_voc"]
+
+logger = logging.getLogger(__name__)
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+_BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
+
+
+def _class_index(class_names: Sequence[str]) -> dict:
+    class_to_id = {name: i for i, name in enumerate(class_names)}
+    if len(class_to_id) != len(class_names):
+        raise ValueError(f"class_names has duplicates: {list(class_names)}")
+    return class_to_id
+
+
+def _read_root(xml_path: str) -> ET.Element:
+    try:
+        with open(xml_path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BadSampleError(xml_path, "annotation file does not exist", kind="missing_file") from None
+    except OSError as err:
+        raise BadSampleError(xml_path, f"cannot read annotation file: {err.strerror or err}",
+                             kind="unreadable_file") from None
+    try:
+        root = SafeET.fromstring(data, forbid_dtd=True)
+    except defusedxml.DefusedXmlException as err:
+        raise BadSampleError(
+            xml_path,
+            f"refusing XML with a DTD or entity declaration ({type(err).__name__}); annotations need neither",
+            kind="hostile_xml",
+        ) from None
+    except ET.ParseError as err:
+        raise BadSampleError(xml_path, f"malformed XML: {err}", kind="malformed_xml") from None
+    if root.tag != "annotation":
+        raise BadSampleError(xml_path, f"root element is <{root.tag}>, expected <annotation>", kind="malformed_xml")
+    return root
+
+
+def _text(elem: ET.Element, tag: str) -> str | None:
+    """Stripped text of ``elem``'s child ``tag``; None when the child is absent or empty."""
+    child = elem.find(tag)
+    if child is None or child.text is None:
+        return None
+    return child.text.strip() or None
+
+
+def _number(xml_path: str, elem: ET.Element, tag: str, where: str) -> float:
+    text = _text(elem, tag)
+    if text is None:
+        raise BadSampleError(xml_path, f"{where}: missing <{tag}>", kind="missing_field")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise BadSampleError(xml_path, f"{where}: <{tag}> is not a finite number: {text!r}", kind="missing_field")
+    return value
+
+
+def _flag(xml_path: str, elem: ET.Element, tag: str, where: str) -> int | None:
+    """A 0/1 flag such as <difficult>; None when the tag is absent or empty."""
+    text = _text(elem, tag)
+    if text is None:
+        return None
+    if text not in ("0", "1"):
+        raise BadSampleError(xml_path, f"{where}: <{tag}> must be 0 or 1, got {text!r}", kind="missing_field")
+    return int(text)
+
+
+def _image_size(xml_path: str, root: ET.Element) -> tuple[int, int]:
+    size = root.find("size")
+    if size is None:
+        raise BadSampleError(xml_path, "no <size> element (image width and height are required)", kind="missing_field")
+    dims = []
+    for tag in ("height", "width"):
+        value = _number(xml_path, size, tag, "<size>")
+        if value <= 0 or value != int(value):
+            raise BadSampleError(xml_path, f"<size>: <{tag}> must be a positive integer, got {value:g}",
+                                 kind="invalid_size")
+        dims.append(int(value))
+    return dims[0], dims[1]
+
+
+def _image_file(xml_path: str, root: ET.Element, image_id: str) -> str:
+    filename = _text(root, "filename")
+    if filename is None:
+        return image_id + ".jpg"
+    # The name is joined under JPEGImages/: refuse anything that could point elsewhere.
+    if os.path.basename(filename) != filename or "\\" in filename or filename in (".", ".."):
+        raise BadSampleError(xml_path, f"<filename> must be a plain file name, got {filename!r}",
+                             kind="invalid_filename")
+    return filename
+
+
+def _object(xml_path, obj, index, width, height, class_to_id, class_names) -> dict:
+    name = _text(obj, "name")
+    where = f"object #{index}" + (f" ({name})" if name else "")
+    if name is None:
+        raise BadSampleError(xml_path, f"{where}: missing <name>", kind="missing_field")
+    category_id = class_to_id.get(name)
+    if category_id is None:
+        # No case folding: VOC names are lowercase and a variant such as "Dog" is a labelling error.
+        raise BadSampleError(
+            xml_path, f"{where}: unknown class {name!r}; known classes: {', '.join(class_names)}",
+            kind="unknown_class",
+        )
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        raise BadSampleError(xml_path, f"{where}: missing <bndbox>", kind="missing_field")
+    x1, y1, x2, y2 = (_number(xml_path, bndbox, tag, where) for tag in _BOX_TAGS)
+    # VOC boxes are 1-based inclusive pixel indices; continuous coordinates (x2/y2 exclusive, origin at
+    # the image corner) subtract 1 from the minimum corner only: pixel 1..W spans [0, W]. Same as detectron2.
+    x1 -= 1.0
+    y1 -= 1.0
+    box = f"[{x1:g}, {y1:g}, {x2:g}, {y2:g}]"
+    if x2 <= x1 or y2 <= y1:
+        raise BadSampleError(xml_path, f"{where}: degenerate box {box} (needs x1 < x2 and y1 < y2)",
+                             kind="degenerate_box")
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        raise BadSampleError(xml_path, f"{where}: box {box} lies entirely outside the {width}x{height} image",
+                             kind="box_outside_image")
+    annotation = {"bbox": [x1, y1, x2, y2], "bbox_mode": BoxMode.XYXY_ABS, "category_id": category_id}
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        # Partly outside: clipping keeps positive area because the box overlaps the image.
+        annotation["bbox"] = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
+        annotation["clipped"] = True
+    annotation["difficult"] = _flag(xml_path, obj, "difficult", where) or 0  # absent tag: not difficult
+    truncated = _flag(xml_path, obj, "truncated", where)
+    if truncated is not None:
+        annotation["truncated"] = truncated
+    return annotation
+
+
+def _parse(xml_path, class_to_id, class_names, dirname=None, object_errors: list | None = None) -> dict:
+    """Parse one annotation file. With ``object_errors`` a list, a bad object is recorded there and left
+    out instead of raising (for the dataset checker, which wants every problem); file-level problems
+    always raise."""
+    xml_path = os.fspath(xml_path)
+    root = _read_root(xml_path)
+    if dirname is None:
+        dirname = os.path.dirname(os.path.dirname(xml_path))  # <dirname>/Annotations/<id>.xml
+    image_id = os.path.splitext(os.path.basename(xml_path))[0]
+    file_name = os.path.join(os.fspath(dirname), "JPEGImages", _image_file(xml_path, root, image_id))
+    height, width = _image_size(xml_path, root)
+    annotations = []
+    for index, obj in enumerate(root.iterfind("object")):
+        try:
+            annotations.append(_object(xml_path, obj, index, width, height, class_to_id, class_names))
+        except BadSampleError as err:
+            if object_errors is None:
+                raise
+            object_errors.append(err)
+    return {"file_name": file_name, "height": height, "width": width, "image_id": image_id,
+            "annotations": annotations}
+
+
+def parse_voc_xml(xml_path, class_names: Sequence[str], *, dirname=None) -> dict:
+    """Read one VOC annotation file into a dataset dict.
+
+    Returns ``{"file_name": <dirname>/JPEGImages/<xml filename or <id>.jpg>, "height", "width" (from
+    <size>), "image_id": <xml file stem>, "annotations": [...]}`` where each annotation is
+    ``{"bbox": [x1, y1, x2, y2] (float, continuous pixels), "bbox_mode": BoxMode.XYXY_ABS,
+    "category_id": class_names.index(name), "difficult": 0 | 1 (0 when the tag is absent),
+    "truncated": 0 | 1 (only if present), "clipped": True (only for a box clipped to the image)}``.
+    An image without objects gets an empty list (a valid negative). ``dirname`` defaults to the
+    folder above ``Annotations/``. Raises :class:`BadSampleError` (see the module docstring).
+    """
+    return _parse(xml_path, _class_index(class_names), tuple(class_names), dirname)
+
+
+def read_voc_split(dirname, split: str) -> list[str]:
+    """Image ids listed in ``<dirname>/ImageSets/Main/<split>.txt``, in file order."""
+    split_file = os.path.join(os.fspath(dirname), "ImageSets", "Main", f"{split}.txt")
+    try:
+        with open(split_file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"split file {split_file} not found: a VOC-format folder needs ImageSets/Main/{split}.txt "
+            "(see datasets/README.md for the expected layout)"
+        ) from None
+    ids = []
+    for lineno, line in enumerate(lines, 1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if len(image_id.split()) != 1 or "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+            raise BadSampleError(split_file, f"line {lineno}: expected one image id, got {line!r}",
+                                 kind="malformed_split")
+        ids.append(image_id)
+    return ids
+
+
+def load_voc_instances(dirname, split: str, class_names: Sequence[str], *, on_bad: str = "error",
+                       problems: list | None = None) -> list[dict]:
+    """Dataset dicts for every image id of ``split`` (see :func:`parse_voc_xml` for their keys).
+
+    ``on_bad="error"`` raises the first :class:`BadSampleError`; ``on_bad="skip"`` leaves that file out,
+    logs a warning and appends ``err.as_record()`` to ``problems`` (when a list is given). Images with
+    no objects are kept: they are valid negatives (``tools/check_dataset.py`` lists them).
+    """
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+    dirname = os.fspath(dirname)
+    class_to_id = _class_index(class_names)
+    class_names = tuple(class_names)
+    annotation_dir = os.path.join(dirname, "Annotations")
+    dicts, skipped = [], 0
+    for image_id in read_voc_split(dirname, split):
+        xml_path = os.path.join(annotation_dir, image_id + ".xml")
+        try:
+            dicts.append(_parse(xml_path, class_to_id, class_names, dirname))
+        except BadSampleError as err:
+            if on_bad == "error":
+                raise
+            skipped += 1
+            logger.warning("skipping %s: %s [%s]", err.path, err.problem, err.kind)
+            if problems is not None:
+                problems.append(err.as_record())
+    if skipped:
+        logger.warning("%s split %r: skipped %d bad file(s), kept %d", dirname, split, skipped, len(dicts))
+    return dicts
+
+
+def register_voc(name: str, dirname, split: str, class_names: Sequence[str], *, year=None,
+                 evaluator_type: str = "voc", eval_classes: Sequence[str] | None = None,
+                 use_07_metric: bool = False) -> None:
+    """Register a VOC-format split as ``name``; files are read when ``DatasetCatalog.get(name)`` is called.
+
+    ``eval_classes`` restricts evaluation to a subset of ``class_names`` (e.g. Watercolor's 6); None
+    evaluates all of them.
+    """
+    class_names = tuple(class_names)
+    _class_index(class_names)
+    if eval_classes is not None:
+        eval_classes = list(eval_classes)
+        unknown = [c for c in eval_classes if c not in class_names]
+        if unknown:
+            raise ValueError(f"dataset {name!r}: eval_classes {unknown} are not in class_names {list(class_names)}")
+    dirname = os.fspath(dirname)
+    DatasetCatalog.register(name, lambda: load_voc_instances(dirname, split, class_names))
+    MetadataCatalog.get(name).set(
+        thing_classes=list(class_names), dirname=dirname, split=split, year=year,
+        evaluator_type=evaluator_type, eval_classes=eval_classes, use_07_metric=use_07_metric,
+    )

@@ -1,0 +1,182 @@
+"""``build_detector(cfg)``: torchvision's Faster R-CNN with LossMix-weighted RPN and ROI heads.
+
+No code path downloads weights: every backbone is built with ``weights=None`` and
+``MODEL.WEIGHTS`` (a local file) is loaded by :func:`load_weights`.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+
+from .roi_heads import WeightedRoIHeads
+from .rpn import WeightedRPN
+
+logger = logging.getLogger(__name__)
+
+NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
+    "FrozenBN": FrozenBatchNorm2d,
+    "BN": nn.BatchNorm2d,
+    "GN": lambda channels: nn.GroupNorm(32, channels),
+}
+
+# name -> (norm_layer, trainable_layers) -> backbone with FPN, and its number of feature levels
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str):
+    """Register ``fn(norm_layer, trainable_layers) -> backbone`` (an ``nn.Module`` with ``out_channels``)."""
+
+    def wrap(fn):
+        if name in BACKBONES:
+            raise KeyError(f"backbone {name!r} is already registered")
+        BACKBONES[name] = fn
+        return fn
+
+    return wrap
+
+
+for _depth in (18, 34, 50, 101):
+    register_backbone(f"R{_depth}-FPN")(
+        partial(
+            lambda norm_layer, trainable_layers, depth: resnet_fpn_backbone(
+                backbone_name=f"resnet{depth}", weights=None, norm_layer=norm_layer, trainable_layers=trainable_layers
+            ),
+            depth=_depth,
+        )
+    )
+
+
+@register_backbone("MNV3-FPN")
+def _mobilenet_v3_fpn(norm_layer, trainable_layers):
+    return mobilenet_backbone(
+        backbone_name="mobilenet_v3_large",
+        weights=None,
+        fpn=True,
+        norm_layer=norm_layer,
+        trainable_layers=min(trainable_layers, 6),
+    )
+
+
+class PreResizedTransform(GeneralizedRCNNTransform):
+    """Normalises and batches only: the dataset mapper already resized (detectron2's split of work).
+
+    Detections therefore come out in the mapper's input coordinates; :func:`lossmix.engine.inference`
+    rescales them to the original image size.
+    """
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+def _anchor_generator(cfg, num_levels: int) -> AnchorGenerator:
+    sizes = [tuple(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    ratios = [tuple(r) for r in cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS]
+    if len(sizes) != num_levels:  # e.g. MobileNet's 3 levels: every size on every level
+        sizes = [tuple(s for level in sizes for s in level)] * num_levels
+    if len(ratios) == 1:
+        ratios = ratios * num_levels
+    return AnchorGenerator(sizes=tuple(sizes), aspect_ratios=tuple(ratios))
+
+
+def build_detector(cfg) -> FasterRCNN:
+    """Faster R-CNN per ``cfg.MODEL``; RPN and ROI heads weight their losses per instance."""
+    name = cfg.MODEL.BACKBONE.NAME
+    if name not in BACKBONES:
+        raise KeyError(f"MODEL.BACKBONE.NAME {name!r} is unknown; choose one of {sorted(BACKBONES)}")
+    norm = cfg.MODEL.BACKBONE.NORM
+    if norm not in NORM_LAYERS:
+        raise KeyError(f"MODEL.BACKBONE.NORM {norm!r} is unknown; choose one of {sorted(NORM_LAYERS)}")
+    backbone = BACKBONES[name](NORM_LAYERS[norm], cfg.MODEL.BACKBONE.TRAINABLE_LAYERS)
+    with torch.no_grad():
+        num_levels = len(backbone(torch.zeros(1, 3, 64, 64)))
+    featmaps = [str(i) for i in range(num_levels - 1)]  # every level but the "pool" one, as torchvision
+
+    rpn, roi = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS
+    model = FasterRCNN(
+        backbone,
+        num_classes=roi.NUM_CLASSES + 1,
+        image_mean=list(cfg.MODEL.PIXEL_MEAN),
+        image_std=list(cfg.MODEL.PIXEL_STD),
+        rpn_anchor_generator=_anchor_generator(cfg, num_levels),
+        rpn_pre_nms_top_n_train=rpn.PRE_NMS_TOPK_TRAIN,
+        rpn_pre_nms_top_n_test=rpn.PRE_NMS_TOPK_TEST,
+        rpn_post_nms_top_n_train=rpn.POST_NMS_TOPK_TRAIN,
+        rpn_post_nms_top_n_test=rpn.POST_NMS_TOPK_TEST,
+        rpn_nms_thresh=rpn.NMS_THRESH,
+        rpn_bg_iou_thresh=rpn.IOU_THRESHOLDS[0],
+        rpn_fg_iou_thresh=rpn.IOU_THRESHOLDS[1],
+        rpn_batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
+        rpn_positive_fraction=rpn.POSITIVE_FRACTION,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=featmaps, output_size=7, sampling_ratio=2),
+        box_score_thresh=roi.SCORE_THRESH_TEST,
+        box_nms_thresh=roi.NMS_THRESH_TEST,
+        box_detections_per_img=roi.DETECTIONS_PER_IMAGE,
+        box_fg_iou_thresh=roi.IOU_THRESHOLD,
+        box_bg_iou_thresh=roi.IOU_THRESHOLD,
+        box_batch_size_per_image=roi.BATCH_SIZE_PER_IMAGE,
+        box_positive_fraction=roi.POSITIVE_FRACTION,
+    )
+    model.transform = PreResizedTransform(1, 1, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD))
+    make_weighted(model, bg_weight=cfg.LOSSMIX.BG_WEIGHT, formulation=cfg.LOSSMIX.FORMULATION)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    return model
+
+
+def make_weighted(model: FasterRCNN, *, bg_weight: float = 1.0, formulation: str = "instance") -> FasterRCNN:
+    """Swap a torchvision Faster R-CNN's RPN and ROI heads for the weighted ones, in place (parameters kept)."""
+    model.rpn = WeightedRPN.from_rpn(model.rpn, bg_weight=bg_weight, formulation=formulation)
+    model.roi_heads = WeightedRoIHeads.from_roi_heads(model.roi_heads, bg_weight=bg_weight, formulation=formulation)
+    return model
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_weights(model: FasterRCNN, path: str) -> dict:
+    """Load ``path`` into ``model``; returns ``{"kind", "missing", "unexpected", "skipped"}``.
+
+    Accepted files (``torch.load(weights_only=True)``: a weights file is untrusted input):
+    one of our checkpoints (``{"model": state_dict, ...}``), a torchvision detector state dict
+    (``backbone.*``, ``rpn.*``, ``roi_heads.*``; tensors whose shape differs, e.g. the class
+    predictor of another dataset, are skipped and listed) or an ImageNet classification backbone
+    state dict (``conv1.*``/``layer*.*`` for ResNets, ``features.*`` for MobileNetV3).
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.WEIGHTS: no such file {path!r} (weights are never downloaded; give a local path)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state, kind = state["model"], "checkpoint"
+    elif any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state):
+        kind = "detector"
+    elif any(k.startswith(("conv1.", "layer1.", "features.")) for k in state):
+        kind = "backbone"
+        state = _strip(state, "features.") if any(k.startswith("features.") for k in state) else state
+        state = {"backbone.body." + k: v for k, v in state.items() if not k.startswith("fc.")}
+    else:
+        raise ValueError(f"MODEL.WEIGHTS {path!r}: not a lossmix checkpoint, torchvision detector or ImageNet backbone")
+    own = model.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if kind != "backbone" or k.startswith("backbone.body.")]
+    if kind == "checkpoint" and (missing or result.unexpected_keys or skipped):
+        raise ValueError(
+            f"MODEL.WEIGHTS {path!r} does not match the model: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}, shape mismatch {skipped[:5]}"
+        )
+    logger.info("loaded %s weights from %s (missing %d, unexpected %d, skipped %d)", kind, path,
+                len(missing), len(result.unexpected_keys), len(skipped))
+    return {"kind": kind, "missing": missing, "unexpected": list(result.unexpected_keys), "skipped": skipped}

@@ -1,0 +1,64 @@
+"""Per-sample loss terms shared by the weighted RPN and ROI heads.
+
+A target dict (one per image) may carry, beside torchvision's ``boxes`` and ``labels``:
+
+- ``weights`` [N] float: classification / objectness weight of each instance (absent = 1);
+- ``box_weights`` [N] float: box-regression weight of each instance (absent = ``weights``);
+- ``lam`` scalar and ``from_partner`` [N] bool: the image-level mixing coefficient and which
+  instances came from the partner image; read only by the ``interpolate`` formulation.
+
+A :class:`LossTerm` describes one supervision signal over a head's samples: its labels, per-sample
+classification and box weights, and (optionally) its own box targets. The ``instance`` formulation
+has one term (the union of boxes, per-instance weights); ``interpolate`` has two (lambda * A and
+(1 - lambda) * B, each labelled against its own box set).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+FORMULATIONS = ("instance", "interpolate")
+
+
+@dataclass
+class LossTerm:
+    labels: Tensor  # [K] per sample: class (ROI) or 1/0 (RPN); -1 = ignored by this term
+    cls_weights: Tensor  # [K] weight of each sample's classification / objectness loss
+    box_weights: Tensor  # [K] weight of each sample's box-regression loss (read for foreground only)
+    regression_targets: Optional[Tensor] = None  # [K, 4]; None = the head's usual targets
+
+
+def instance_weights(target: dict, key: str = "weights") -> Tensor:
+    """``target[key]`` as float, or ones when absent (``box_weights`` falls back to ``weights``)."""
+    boxes = target["boxes"]
+    if key in target:
+        return target[key].to(device=boxes.device, dtype=boxes.dtype)
+    if key == "box_weights" and "weights" in target:
+        return instance_weights(target, "weights")
+    return torch.ones(boxes.shape[0], device=boxes.device, dtype=boxes.dtype)
+
+
+def per_sample_weights(inst_weights: Tensor, matched_idxs: Tensor, foreground: Tensor, bg_weight: float) -> Tensor:
+    """Each sample takes its matched instance's weight when foreground, ``bg_weight`` otherwise.
+
+    inst_weights [N]; matched_idxs [K] (any value where not foreground); foreground [K] bool.
+    """
+    out = torch.full(foreground.shape, float(bg_weight), device=foreground.device, dtype=inst_weights.dtype)
+    if inst_weights.numel() > 0:
+        fg = torch.where(foreground)[0]
+        out[fg] = inst_weights[matched_idxs[fg].clamp(min=0)]
+    return out
+
+
+def split_by_source(target: dict) -> tuple[float, Tensor, Tensor]:
+    """``(lam, index_of_A_instances, index_of_B_instances)`` for the interpolate formulation."""
+    boxes = target["boxes"]
+    lam = float(target["lam"]) if "lam" in target else 1.0
+    if "from_partner" in target:
+        partner = target["from_partner"].to(device=boxes.device, dtype=torch.bool)
+    else:
+        partner = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    return lam, torch.where(~partner)[0], torch.where(partner)[0]
