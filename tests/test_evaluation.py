@@ -188,7 +188,7 @@ def _reference_ap(dets, gts, use_07_metric, thresh=0.5):
     npos = sum(not d for boxes in gts.values() for _, d in boxes)
     taken = set()
     tp = fp = 0
-    points = []  # (recall, precision) as Fractions, one per non-ignored... and ignored detection
+    points = []  # (recall, precision, is_tp) per ranked detection, ignored ones included; exact Fractions
     for image_id, _, box in sorted(dets, key=lambda d: -d[1]):
         best, best_j = -math.inf, None
         for j, (g, _) in enumerate(gts.get(image_id, [])):

@@ -48,7 +48,10 @@ def _tail_without_padding(data: np.ndarray) -> bytes:
 
 
 def _check_complete(path, data: np.ndarray) -> None:
-    """Reject truncated JPEG / PNG files, which OpenCV may decode partially with only a warning."""
+    """Reject truncated JPEG / PNG files, which OpenCV may decode partially with only a warning.
+
+    Strict by design: a JPEG with non-zero bytes after its EOI marker is reported as truncated too.
+    """
     head = data[:8].tobytes()
     if head.startswith(_JPEG_MAGIC):
         if not _tail_without_padding(data).endswith(_JPEG_EOI):

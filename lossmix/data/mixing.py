@@ -455,7 +455,7 @@ def _result(image, boxes_a, boxes_b, classes_a, classes_b, weights_a, weights_b,
 
 def mix_pair(
     sample_a: dict,
-    sample_b: dict,
+    sample_b: Optional[dict],
     *,
     mode: str,
     method: str,
@@ -498,7 +498,8 @@ def mix_pair(
 
     Args:
         sample_a: the base sample.
-        sample_b: the partner sample (its boxes may be empty, e.g. an unlabelled target image).
+        sample_b: the partner sample (its boxes may be empty, e.g. an unlabelled target image);
+            not read, and may be ``None``, in ``"none"`` mode.
         mode: one of :data:`MODES`.
         method: one of :data:`METHODS` (ignored by ``"none"`` and ``"noise"``).
         lam: mixing coefficient in ``[0, 1]`` (A's share), e.g. from :func:`sample_lambda`;

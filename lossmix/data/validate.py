@@ -19,8 +19,8 @@ from .errors import BadSampleError
 from .image_io import read_image
 from .voc import _class_index, _parse, read_voc_split
 
-__all__ = ["Problem", "check_image", "check_voc_folder", "check_dataset_dicts", "summarize", "format_problem", "format_summary",
-           "format_report"]
+__all__ = ["Problem", "check_image", "check_voc_folder", "check_dataset_dicts", "summarize", "format_problem",
+           "format_summary", "format_report"]
 
 LEVELS = ("error", "warning", "info")
 
@@ -99,7 +99,9 @@ def check_voc_folder(dirname, split: str | None, class_names: Sequence[str], *, 
     class_names = tuple(class_names)
     annotation_dir = os.path.join(dirname, "Annotations")
     if not os.path.isdir(annotation_dir):
-        return [Problem(annotation_dir, "missing_file", "error", "no Annotations/ folder: not a VOC-format folder")]
+        what = "no Annotations/ folder" if os.path.isdir(dirname) else "the dataset folder does not exist"
+        return [Problem(annotation_dir, "missing_file", "error",
+                        f"{what}: expected a VOC-format folder (see datasets/README.md)")]
 
     problems: list[Problem] = []
     if split is None:
@@ -147,10 +149,14 @@ def check_voc_folder(dirname, split: str | None, class_names: Sequence[str], *, 
     return problems
 
 
+def _box_text(box) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in box) + "]"
+
+
 def _annotation_warnings(file: str, annotations: Iterable[dict]) -> list[Problem]:
     return [
         Problem(file, "box_clipped", "warning",
-                f"annotation #{i}: box partly outside the image, clipped to {[round(v, 2) for v in ann['bbox']]}")
+                f"annotation #{i}: box partly outside the image, clipped to {_box_text(ann['bbox'])}")
         for i, ann in enumerate(annotations) if ann.get("clipped")
     ]
 
@@ -189,7 +195,7 @@ def _check_annotation(file, index, ann, height, width, class_names) -> list[Prob
         x1, y1, x2, y2 = to_xyxy(ann["bbox"], ann["bbox_mode"])
     except (KeyError, TypeError, ValueError) as err:
         return [Problem(file, "missing_field", "error", f"{where}: unreadable bbox / bbox_mode ({err})")]
-    box = [round(v, 2) for v in (x1, y1, x2, y2)]
+    box = _box_text((x1, y1, x2, y2))
     if not x1 < x2 or not y1 < y2:  # also catches NaN
         return [Problem(file, "degenerate_box", "error", f"{where}: degenerate box {box}")]
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:

@@ -138,14 +138,13 @@ def _object(xml_path, obj, index, width, height, class_to_id, class_names) -> di
     bndbox = obj.find("bndbox")
     if bndbox is None:
         raise BadSampleError(xml_path, f"{where}: missing <bndbox>", kind="missing_field")
-    x1, y1, x2, y2 = (_number(xml_path, bndbox, tag, where) for tag in _BOX_TAGS)
+    xmin, ymin, xmax, ymax = (_number(xml_path, bndbox, tag, where) for tag in _BOX_TAGS)
+    box = f"(xmin, ymin, xmax, ymax) = ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"  # as written in the file
     # VOC boxes are 1-based inclusive pixel indices; continuous coordinates (x2/y2 exclusive, origin at
     # the image corner) subtract 1 from the minimum corner only: pixel 1..W spans [0, W]. Same as detectron2.
-    x1 -= 1.0
-    y1 -= 1.0
-    box = f"[{x1:g}, {y1:g}, {x2:g}, {y2:g}]"
+    x1, y1, x2, y2 = xmin - 1.0, ymin - 1.0, xmax, ymax
     if x2 <= x1 or y2 <= y1:
-        raise BadSampleError(xml_path, f"{where}: degenerate box {box} (needs x1 < x2 and y1 < y2)",
+        raise BadSampleError(xml_path, f"{where}: degenerate box {box}: needs xmin <= xmax and ymin <= ymax",
                              kind="degenerate_box")
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         raise BadSampleError(xml_path, f"{where}: box {box} lies entirely outside the {width}x{height} image",

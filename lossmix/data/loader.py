@@ -1,0 +1,195 @@
+"""Training and test loaders: deterministic, resumable, DDP-aware; partners paired within a batch.
+
+Training draws depend only on ``(SEED, global sample position)``: position ``p`` of iteration
+``it`` on rank ``r`` is ``it * global_batch + r * local_batch + j``. The dataset index of ``p`` comes
+from a per-epoch permutation, its augmentation from ``default_rng([seed, p])`` and its mixing from
+``default_rng([seed, p, 1])``; so the stream is the same whatever the number of workers, and
+resuming at iteration ``it`` continues it exactly.
+
+Partners are the other samples of the same batch (sample ``j`` mixes with ``j + 1``), so mixing
+costs no extra decoding; with one image per batch the partner is decoded separately.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..utils import comm
+from .catalog import DatasetCatalog
+from .errors import BadSampleError
+from .mapper import LossMixDatasetMapper, to_model_input
+
+logger = logging.getLogger(__name__)
+
+MAX_REPLACEMENTS = 100  # consecutive bad samples tolerated under ON_BAD_SAMPLE skip before giving up
+
+
+def get_dataset_dicts(names, *, filter_empty: bool = False) -> list[dict]:
+    """Concatenate registered datasets; ``filter_empty`` drops images without annotations."""
+    if isinstance(names, str):
+        names = [names]
+    dicts = [d for name in names for d in DatasetCatalog.get(name)]
+    if filter_empty:
+        dicts = [d for d in dicts if d.get("annotations")]
+    if not dicts:
+        raise ValueError(f"datasets {list(names)} contain no images")
+    return dicts
+
+
+class BadSampleLog:
+    """Appends skipped samples to ``OUTPUT_DIR/bad_samples.jsonl`` (one JSON object per line, any process)."""
+
+    def __init__(self, path: Optional[str]):
+        self.path = path
+
+    def record(self, err: BadSampleError, **context) -> None:
+        logger.warning("skipping bad sample: %s", err)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({**err.as_record(), **context}) + "\n")
+
+    def count(self) -> int:
+        if not self.path or not os.path.exists(self.path):
+            return 0
+        with open(self.path, encoding="utf-8") as f:
+            return sum(1 for _ in f)
+
+
+class TrainPositions(Sampler):
+    """Infinite stream of this rank's global sample positions, starting at ``start_iter``."""
+
+    def __init__(self, local_batch: int, start_iter: int = 0, rank: Optional[int] = None,
+                 world_size: Optional[int] = None):
+        self.local_batch = local_batch
+        self.start_iter = start_iter
+        self.rank = comm.get_rank() if rank is None else rank
+        self.world_size = comm.get_world_size() if world_size is None else world_size
+
+    def __iter__(self):
+        global_batch = self.local_batch * self.world_size
+        it = self.start_iter
+        while True:
+            base = it * global_batch + self.rank * self.local_batch
+            yield from range(base, base + self.local_batch)
+            it += 1
+
+
+class TrainDataset(Dataset):
+    """Global sample position -> loaded (weak-augmented, not yet mixed) sample."""
+
+    def __init__(self, dicts: list[dict], mapper: LossMixDatasetMapper, *, seed: int, on_bad: str = "error",
+                 bad_log: Optional[BadSampleLog] = None, with_partner: bool = False):
+        self.dicts, self.mapper, self.seed = dicts, mapper, seed
+        self.on_bad, self.bad_log = on_bad, bad_log or BadSampleLog(None)
+        self.with_partner = with_partner
+        self._perm_epoch, self._perm = -1, None
+
+    def __len__(self):
+        return len(self.dicts)
+
+    def index_of(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.dicts))
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.dicts))
+            self._perm_epoch = epoch
+        return int(self._perm[offset])
+
+    def load_index(self, index: int, rng: np.random.Generator, position: int) -> dict:
+        """Load ``dicts[index]``; under ``skip`` a bad file is logged and the next one taken."""
+        for attempt in range(MAX_REPLACEMENTS):
+            try:
+                return self.mapper.load(self.dicts[(index + attempt) % len(self.dicts)], rng)
+            except BadSampleError as err:
+                if self.on_bad != "skip":
+                    raise
+                self.bad_log.record(err, position=position)
+        raise RuntimeError(f"{MAX_REPLACEMENTS} consecutive bad samples from index {index}; is the dataset readable?")
+
+    def __getitem__(self, position: int):
+        rng = np.random.default_rng([self.seed, position])
+        sample = self.load_index(self.index_of(position), rng, position)
+        sample["position"] = position
+        if self.with_partner:
+            sample["partner"] = self.load_index(int(rng.integers(len(self.dicts))), rng, position)
+        return sample
+
+
+class MixCollate:
+    """Pairs the samples of a batch (``j`` with ``j + 1``), mixes them and builds model inputs."""
+
+    def __init__(self, mapper: LossMixDatasetMapper, seed: int):
+        self.mapper, self.seed = mapper, seed
+
+    def __call__(self, samples: list[dict]) -> list[dict]:
+        out = []
+        for j, sample in enumerate(samples):
+            partner = sample.get("partner")
+            if partner is None and len(samples) > 1:
+                partner = samples[(j + 1) % len(samples)]
+            rng = np.random.default_rng([self.seed, sample["position"], 1])
+            out.append(to_model_input(self.mapper.mix(sample, partner, rng)))
+        return out
+
+
+def _as_list(batch):
+    return batch
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, dataset_names=None,
+                       start_iter: int = 0, local_batch: Optional[int] = None) -> DataLoader:
+    """An infinite loader of lists of model inputs for this rank."""
+    dicts = get_dataset_dicts(dataset_names or cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    mapper = mapper or LossMixDatasetMapper.from_config(cfg, is_train=True)
+    if local_batch is None:
+        world = comm.get_world_size()
+        if cfg.SOLVER.IMS_PER_BATCH % world:
+            raise ValueError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the {world} processes")
+        local_batch = cfg.SOLVER.IMS_PER_BATCH // world
+    bad_log = BadSampleLog(os.path.join(cfg.OUTPUT_DIR, "bad_samples.jsonl") if cfg.OUTPUT_DIR else None)
+    dataset = TrainDataset(dicts, mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
+                           with_partner=mapper.mixes and local_batch == 1)
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(
+        dataset,
+        batch_size=local_batch,
+        sampler=TrainPositions(local_batch, start_iter),
+        num_workers=workers,
+        collate_fn=MixCollate(mapper, cfg.SEED),
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers else None,
+    )
+
+
+class TestDataset(Dataset):
+    def __init__(self, dicts, mapper):
+        self.dicts, self.mapper = dicts, mapper
+
+    def __len__(self):
+        return len(self.dicts)
+
+    def __getitem__(self, i):
+        sample = self.mapper.load(self.dicts[i], np.random.default_rng(0))
+        return to_model_input(sample)
+
+
+def build_test_loader(cfg, dataset_name: str, *, mapper: Optional[LossMixDatasetMapper] = None) -> DataLoader:
+    """Loader over this rank's contiguous share of a test set (batch 1, no augmentation)."""
+    dicts = DatasetCatalog.get(dataset_name)
+    rank, world = comm.get_rank(), comm.get_world_size()
+    share = (len(dicts) + world - 1) // world
+    mine = dicts[rank * share:(rank + 1) * share]
+    mapper = mapper or LossMixDatasetMapper.from_config(cfg, is_train=False)
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(TestDataset(mine, mapper), batch_size=1, shuffle=False, num_workers=workers,
+                      collate_fn=_as_list, worker_init_fn=_worker_init if workers else None)

@@ -1,0 +1,156 @@
+"""Dataset dict(s) -> model input, with LossMix mixing and per-instance weights.
+
+Two stages, so the loader can pair already-decoded samples (one decode per output image):
+
+- :meth:`LossMixDatasetMapper.load`: read + weak augmentation of one dataset dict -> a *sample*
+  ``{"image": HxWx3 uint8 RGB, "boxes": float32 [N,4] xyxy, "classes": int64 [N] (0-based),
+  "weights": float32 [N], plus "file_name", "image_id", "height", "width" of the original}``;
+- :meth:`LossMixDatasetMapper.mix`: a sample and its partner -> one mixed sample (per
+  ``LOSSMIX.*``, via :func:`lossmix.data.mixing.mix_pair`), then :func:`to_model_input`.
+
+``mapper(dataset_dict, partner_dict, rng)`` does both for a single pair.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..structures import to_xyxy
+from .augment import WeakAugment, apply_geometry
+from .errors import BadSampleError
+from .image_io import read_image
+from .mixing import METHODS, MODES, mix_pair, sample_lambda
+
+
+def annotations_to_arrays(dataset_dict: dict, use_difficult: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes float32 [N,4] xyxy and classes int64 [N] of a dataset dict (difficult ones dropped unless asked)."""
+    anns = [a for a in dataset_dict.get("annotations", []) if use_difficult or not a.get("difficult", 0)]
+    boxes = np.array([to_xyxy(a["bbox"], a.get("bbox_mode", 0)) for a in anns], dtype=np.float32).reshape(-1, 4)
+    classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
+    return boxes, classes
+
+
+def to_model_input(sample: dict) -> dict:
+    """A (mixed) numpy sample -> ``{"image": uint8 CHW tensor, "target": dict, ...}``.
+
+    ``target`` holds torchvision's ``boxes`` and ``labels`` (class + 1; 0 is background) plus
+    ``weights``, ``from_partner`` and ``lam`` read by the weighted heads.
+    """
+    image = torch.from_numpy(np.ascontiguousarray(sample["image"].transpose(2, 0, 1)))
+    n = len(sample["boxes"])
+    target = {
+        "boxes": torch.from_numpy(np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)),
+        "labels": torch.from_numpy(np.asarray(sample["classes"], dtype=np.int64) + 1),
+        "weights": torch.from_numpy(np.asarray(sample.get("weights", np.ones(n)), dtype=np.float32)),
+        "from_partner": torch.from_numpy(np.asarray(sample.get("from_partner", np.zeros(n, bool)), dtype=bool)),
+        "lam": torch.tensor(float(sample.get("lam", 1.0))),
+    }
+    if "box_weights" in sample:
+        target["box_weights"] = torch.from_numpy(np.asarray(sample["box_weights"], dtype=np.float32))
+    out = {k: sample[k] for k in ("file_name", "image_id", "height", "width") if k in sample}
+    out.update(image=image, target=target)
+    return out
+
+
+class LossMixDatasetMapper:
+    """Reads, augments and mixes training samples; see the module docstring for the keys.
+
+    Args:
+        min_sizes / max_size / flip_prob: weak augmentation (short side drawn from ``min_sizes``).
+        mode / method / alpha / prob / noise_range / min_visible: ``LOSSMIX.*``.
+        use_difficult: keep VOC ``difficult`` boxes as targets.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_sizes: Sequence[int],
+        max_size: int,
+        flip_prob: float = 0.5,
+        mode: str = "none",
+        method: str = "mixup",
+        alpha: float = 1.0,
+        prob: float = 1.0,
+        noise_range: Sequence[float] = (0.0, 0.1),
+        min_visible: float = 0.0,
+        use_difficult: bool = False,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"LOSSMIX.MODE must be one of {MODES}, got {mode!r}")
+        if method not in METHODS:
+            raise ValueError(f"LOSSMIX.METHOD must be one of {METHODS}, got {method!r}")
+        self.augment = WeakAugment(short_edges=tuple(min_sizes), max_size=max_size, flip_prob=flip_prob)
+        self.mode, self.method, self.alpha, self.prob = mode, method, alpha, prob
+        self.noise_range = tuple(noise_range)
+        self.min_visible = min_visible
+        self.use_difficult = use_difficult
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> "LossMixDatasetMapper":
+        if not is_train:
+            return cls(min_sizes=(cfg.INPUT.MIN_SIZE_TEST,), max_size=cfg.INPUT.MAX_SIZE_TEST, flip_prob=0.0,
+                       use_difficult=True)
+        m = cfg.LOSSMIX
+        return cls(
+            min_sizes=cfg.INPUT.MIN_SIZE_TRAIN,
+            max_size=cfg.INPUT.MAX_SIZE_TRAIN,
+            flip_prob=cfg.INPUT.RANDOM_FLIP,
+            mode=m.MODE,
+            method=m.METHOD,
+            alpha=m.ALPHA,
+            prob=m.PROB,
+            noise_range=m.NOISE_RANGE,
+            min_visible=m.MIN_VISIBLE,
+            use_difficult=cfg.DATASETS.TRAIN_USE_DIFFICULT,
+        )
+
+    @property
+    def mixes(self) -> bool:
+        return self.mode != "none" and self.prob > 0
+
+    def read(self, dataset_dict: dict) -> np.ndarray:
+        """The image of a dataset dict, checked against its recorded size."""
+        image = read_image(dataset_dict["file_name"])
+        expected = (dataset_dict.get("height"), dataset_dict.get("width"))
+        if None not in expected and image.shape[:2] != tuple(expected):
+            raise BadSampleError(
+                dataset_dict["file_name"],
+                f"image is {image.shape[1]}x{image.shape[0]} (WxH) but its annotation says {expected[1]}x{expected[0]}",
+                kind="size_mismatch",
+            )
+        return image
+
+    def load(self, dataset_dict: dict, rng: np.random.Generator, geometry=None) -> dict:
+        """Read and weak-augment one dataset dict into a sample (``geometry`` reuses a drawn one)."""
+        image = self.read(dataset_dict)
+        boxes, classes = annotations_to_arrays(dataset_dict, self.use_difficult)
+        if geometry is None:
+            geometry = self.augment.draw_geometry(image.shape[0], image.shape[1], rng)
+        image, boxes = apply_geometry(image, boxes, geometry)
+        sample = {k: dataset_dict[k] for k in ("file_name", "image_id", "height", "width") if k in dataset_dict}
+        sample.update(image=image, boxes=boxes, classes=classes, weights=np.ones(len(boxes), np.float32),
+                      geometry=geometry)
+        return sample
+
+    def mix(self, sample: dict, partner: Optional[dict], rng: np.random.Generator) -> dict:
+        """Mix ``sample`` with ``partner`` (both from :meth:`load`) per ``LOSSMIX.*``; returns a numpy sample."""
+        mode = self.mode
+        if partner is None or not self.mixes or rng.random() >= self.prob:
+            mode = "none"
+        lam = sample_lambda(self.alpha, rng) if mode in ("uniform", "lossmix") else None
+        noise = float(rng.uniform(*self.noise_range)) if mode == "noise" else None
+        mixed = mix_pair(sample, partner, mode=mode, method=self.method, lam=lam, rng=rng,
+                         min_visible=self.min_visible, noise_weight=noise)
+        out = {k: sample[k] for k in ("file_name", "image_id", "height", "width") if k in sample}
+        out.update(mixed)
+        return out
+
+    def __call__(self, dataset_dict: dict, partner_dict: Optional[dict] = None,
+                 rng: Optional[np.random.Generator] = None) -> dict:
+        """One model input from a dataset dict and an optional partner dict (decodes both)."""
+        rng = rng if rng is not None else np.random.default_rng()
+        sample = self.load(dataset_dict, rng)
+        partner = self.load(partner_dict, rng) if partner_dict is not None and self.mixes else None
+        return to_model_input(self.mix(sample, partner, rng))

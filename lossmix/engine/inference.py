@@ -1,0 +1,70 @@
+"""Run a detector over a test loader and feed an evaluator; build evaluators from dataset metadata."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..evaluation import COCOEvaluator, VOCDetectionEvaluator
+
+logger = logging.getLogger(__name__)
+
+
+def images_to_device(batch: list[dict], device) -> list[torch.Tensor]:
+    """uint8 CHW tensors -> float 0-1 on ``device`` (the detector normalises with PIXEL_MEAN/STD)."""
+    return [b["image"].to(device, non_blocking=True).float().div_(255.0) for b in batch]
+
+
+def rescale_detections(det: dict, input_hw, output_hw) -> dict:
+    """Boxes from the mapper's resized input back to the original image (detectron2's detector_postprocess)."""
+    sy, sx = output_hw[0] / input_hw[0], output_hw[1] / input_hw[1]
+    boxes = det["boxes"] * torch.tensor([sx, sy, sx, sy], device=det["boxes"].device)
+    boxes[:, 0::2].clamp_(0, output_hw[1])
+    boxes[:, 1::2].clamp_(0, output_hw[0])
+    return {"boxes": boxes, "scores": det["scores"], "labels": det["labels"] - 1}  # back to 0-based classes
+
+
+@torch.no_grad()
+def predict(model, batch: list[dict], device) -> list[dict]:
+    """Detections per input, in original image coordinates, 0-based labels (CPU tensors)."""
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model(images_to_device(batch, device))
+    finally:
+        model.train(was_training)
+    results = []
+    for inp, det in zip(batch, outputs):
+        det = {k: v.detach().cpu() for k, v in det.items()}
+        out_hw = (inp.get("height", inp["image"].shape[1]), inp.get("width", inp["image"].shape[2]))
+        results.append({"instances": rescale_detections(det, inp["image"].shape[1:], out_hw)})
+    return results
+
+
+def build_evaluator(cfg, dataset_name: str):
+    """VOC (area or 11-point, with the dataset's class subset) or COCO, from metadata or ``TEST.METRIC``."""
+    meta = MetadataCatalog.get(dataset_name)
+    metric = cfg.TEST.METRIC
+    if metric == "auto":
+        if meta.get("evaluator_type", "voc") == "coco":
+            metric = "coco"
+        else:
+            metric = "voc07" if meta.get("use_07_metric", False) else "voc_area"
+    dicts = DatasetCatalog.get(dataset_name)
+    classes = meta.get("thing_classes")
+    if metric == "coco":
+        return COCOEvaluator(dicts, classes)
+    return VOCDetectionEvaluator(dicts, classes, use_07_metric=metric == "voc07", class_subset=meta.get("eval_classes"))
+
+
+def inference_on_dataset(model, loader, evaluator, device, *, progress: bool = False) -> dict:
+    evaluator.reset()
+    iterator = loader
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    for batch in iterator:
+        evaluator.process(batch, predict(model, batch, device))
+    return evaluator.evaluate()

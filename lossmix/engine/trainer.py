@@ -1,0 +1,183 @@
+"""Supervised training loop (LossMix and its baselines share it: the mixing lives in the data)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from ..utils import comm
+from .checkpoint import Checkpointer
+from .inference import images_to_device
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a NaN / inf loss."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM arrived; a checkpoint was saved first."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        torch.set_flush_denormal(True)  # freshly initialised nets run up to 8x slower on denormals
+    return torch.device(name)
+
+
+def targets_to_device(batch: list[dict], device) -> list[dict]:
+    return [{k: v.to(device, non_blocking=True) for k, v in b["target"].items()} for b in batch]
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``OUTPUT_DIR/metrics.jsonl`` (main process only)."""
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, "metrics.jsonl") if output_dir else None
+
+    def write(self, row: dict) -> None:
+        if self.path and comm.is_main_process():
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+@contextlib.contextmanager
+def save_on_signal(on_signal: Callable[[int], None]):
+    """Turn SIGINT / SIGTERM into ``on_signal(signum)`` then :class:`TrainingInterrupted` (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def handler(signum, _frame):
+        received.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Runs ``max_iter`` steps of ``loss = sum(model(images, targets).values())``.
+
+    Non-finite losses: the step is not applied, the event is logged with its loss components;
+    after ``max_bad_steps`` consecutive ones training stops (:class:`NonFiniteLossError`), leaving
+    the last good checkpoint intact. SIGINT / SIGTERM save ``model_interrupted.pth`` then stop.
+    Subclasses change :meth:`compute_losses` (e.g. the teacher-student loop).
+    """
+
+    def __init__(self, cfg, model, optimizer, scheduler, data_loader: Iterable, *, device, checkpointer: Checkpointer,
+                 start_iter: int = 0, evaluate: Optional[Callable[[], dict]] = None):
+        self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
+        self.data_loader, self.device, self.checkpointer = data_loader, device, checkpointer
+        self.start_iter, self.iter = start_iter, start_iter
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.evaluate_fn = evaluate
+        self.metrics = MetricsWriter(cfg.OUTPUT_DIR)
+        self.use_amp = bool(cfg.SOLVER.AMP) and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.bad_steps = 0
+        self.skipped_steps = 0
+        self.history: list[dict] = []  # per-iteration loss components (floats), for tests and summaries
+
+    # -- one step -------------------------------------------------------------------------------
+    def compute_losses(self, batch) -> dict[str, torch.Tensor]:
+        images = images_to_device(batch, self.device)
+        targets = targets_to_device(batch, self.device)
+        with torch.autocast("cuda", enabled=self.use_amp):
+            return self.model(images, targets)
+
+    def run_step(self, batch) -> dict[str, float]:
+        losses = self.compute_losses(batch)
+        total = sum(losses.values())
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        values["total_loss"] = float(total.detach())
+        finite = torch.isfinite(total.detach())
+        if comm.get_world_size() > 1:  # every rank must agree to skip, or DDP would hang
+            flag = finite.float().to(self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = flag > 0
+        self.optimizer.zero_grad(set_to_none=True)
+        if not bool(finite):
+            self._bad_step(values)
+            return values
+        self.bad_steps = 0
+        self.scaler.scale(total).backward()
+        if self.cfg.SOLVER.CLIP_GRADIENTS > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.CLIP_GRADIENTS)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return values
+
+    def _bad_step(self, values: dict) -> None:
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        logger.warning("iteration %d: non-finite loss, step not applied: %s", self.iter, values)
+        self.metrics.write({"iteration": self.iter, "non_finite_loss": values})
+        if self.bad_steps >= self.cfg.SOLVER.MAX_BAD_STEPS:
+            raise NonFiniteLossError(
+                f"{self.bad_steps} consecutive non-finite losses (SOLVER.MAX_BAD_STEPS = {self.cfg.SOLVER.MAX_BAD_STEPS}) "
+                f"at iteration {self.iter}; last components {values}. Training stopped; the last good checkpoint "
+                f"is kept in {self.cfg.OUTPUT_DIR}. Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS."
+            )
+
+    # -- the loop -------------------------------------------------------------------------------
+    def checkpoint_extra(self) -> dict:
+        return {}
+
+    def save(self, name: str, iteration: int) -> None:
+        if comm.is_main_process():
+            self.checkpointer.save(name, iteration, **self.checkpoint_extra())
+
+    def after_step(self, values: dict) -> None:
+        it = self.iter + 1
+        period = self.cfg.LOG_PERIOD
+        if period and (it % period == 0 or it == self.max_iter):
+            self.metrics.write({"iteration": it, "lr": self.optimizer.param_groups[0]["lr"], **values})
+        if self.cfg.SOLVER.CHECKPOINT_PERIOD and it % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 and it < self.max_iter:
+            self.save(f"model_{it:07d}", it)
+        if self.evaluate_fn and self.cfg.TEST.EVAL_PERIOD and it % self.cfg.TEST.EVAL_PERIOD == 0 and it < self.max_iter:
+            self.metrics.write({"iteration": it, **{"eval": self.evaluate_fn()}})
+
+    def train(self) -> dict:
+        from tqdm import tqdm
+
+        self.model.train()
+        bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
+                   disable=not comm.is_main_process() or self.max_iter == self.start_iter)
+        start = time.perf_counter()
+        with save_on_signal(lambda s: None) as received:
+            data_iter = iter(self.data_loader)
+            for self.iter in range(self.start_iter, self.max_iter):
+                values = self.run_step(next(data_iter))
+                self.history.append(values)
+                self.scheduler.step()
+                self.after_step(values)
+                bar.set_postfix(loss=f"{values['total_loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2g}")
+                bar.update(1)
+                if received:
+                    self.save("model_interrupted", self.iter + 1)
+                    raise TrainingInterrupted(f"signal {received[0]} at iteration {self.iter + 1}; checkpoint saved")
+        bar.close()
+        self.save("model_final", self.max_iter)
+        seconds = time.perf_counter() - start
+        summary = {"iterations": self.max_iter - self.start_iter, "seconds": round(seconds, 1),
+                   "skipped_non_finite_steps": self.skipped_steps}
+        self.metrics.write({"iteration": self.max_iter, "summary": summary})
+        return summary
