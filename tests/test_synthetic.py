@@ -135,9 +135,9 @@ def test_colour_identifies_the_class_in_the_source_only():
     clipart, clipart_sat = _class_hue_concentration("clipart", 30)
     watercolor, watercolor_sat = _class_hue_concentration("watercolor", 30)
     assert source > 0.7
-    assert clipart < 0.45 and watercolor < 0.45
+    assert clipart < 0.5 and watercolor < 0.5  # a uniform hue scores ~0.3 with this many objects
     assert clipart_sat > 0.8  # flat saturated palette
-    assert watercolor_sat < 0.45 < source_sat  # washed-out pigments
+    assert watercolor_sat < 0.5 and watercolor_sat + 0.15 < source_sat  # washed-out pigments
 
 
 def test_matching_stamp_is_skipped(tmp_path):
@@ -153,23 +153,24 @@ def test_matching_stamp_is_skipped(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clipart", "watercolor"]  # no partial folders
 
 
-def test_different_parameters_raise_unless_overwrite(tmp_path):
+def test_folder_with_other_parameters_is_regenerated(tmp_path):
     generate(tmp_path, seed=0, domains=["source"], **TINY)
-    with pytest.raises(FileExistsError, match="overwrite"):
-        generate(tmp_path, seed=0, num_train=3, num_test=2, domains=["source"])
-    assert len((tmp_path / "source" / "ImageSets" / "Main" / "train.txt").read_text().split()) == 4  # untouched
-    summary = generate(tmp_path, seed=0, num_train=3, num_test=2, domains=["source"], overwrite=True)
-    assert summary["domains"]["source"]["status"] == "generated"
+    summary = generate(tmp_path, seed=0, num_train=3, num_test=2, domains=["source"])
+    assert summary["domains"]["source"]["status"] == "regenerated"
     assert len(list((tmp_path / "source" / "Annotations").iterdir())) == 5  # old files gone
     assert synthetic.read_stamp(tmp_path / "source")["num_train"] == 3
 
 
-def test_folder_without_stamp_is_not_clobbered(tmp_path):
+def test_folder_without_stamp_is_not_clobbered_unless_overwrite(tmp_path):
     (tmp_path / "clipart").mkdir()
     (tmp_path / "clipart" / "mine.txt").write_text("user data")
-    with pytest.raises(FileExistsError):
-        generate(tmp_path, domains=["clipart"], **TINY)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        generate(tmp_path, domains=["clipart", "source"], **TINY)
     assert (tmp_path / "clipart" / "mine.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clipart"]  # checked before writing anything
+    summary = generate(tmp_path, domains=["clipart"], overwrite=True, **TINY)
+    assert summary["domains"]["clipart"]["status"] == "generated"
+    assert not (tmp_path / "clipart" / "mine.txt").exists()
 
 
 @pytest.mark.parametrize("kwargs", [{"seed": -1}, {"num_train": -2}, {"image_size": 32},

@@ -3,7 +3,8 @@
 
     python tools/make_synthetic.py --root datasets/synthetic --seed 0 [--num-train N --num-test N --overwrite]
 
-Re-running with the same parameters is a no-op (each domain folder carries a stamp).
+Re-running with the same parameters is a no-op (each domain folder carries a stamp); other
+parameters regenerate the folders; a folder without a stamp is only replaced with --overwrite.
 """
 import argparse
 import json
@@ -28,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--domains", nargs="+", default=list(SYNTHETIC_DOMAINS), choices=SYNTHETIC_DOMAINS)
     parser.add_argument("--workers", type=int, default=None, help="render threads (default: by size and CPUs)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace domain folders generated with other parameters (or not generated)")
+                        help="also replace domain folders that exist without a stamp (folders stamped "
+                             "with other parameters are always regenerated)")
     return parser.parse_args(argv)
 
 

@@ -142,7 +142,10 @@ def _as_list(batch):
 
 
 def _worker_init(_):
+    import cv2
+
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # workers share the cores with the training process
 
 
 def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, dataset_names=None,
@@ -168,6 +171,7 @@ def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, da
         worker_init_fn=_worker_init if workers else None,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers else None,
+        generator=torch.Generator().manual_seed(cfg.SEED),  # keeps the global torch RNG (model sampling) untouched
     )
 
 

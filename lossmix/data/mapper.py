@@ -129,6 +129,8 @@ class LossMixDatasetMapper:
         if geometry is None:
             geometry = self.augment.draw_geometry(image.shape[0], image.shape[1], rng)
         image, boxes = apply_geometry(image, boxes, geometry)
+        h, w = image.shape[:2]
+        np.clip(boxes, 0, [w, h, w, h], out=boxes)  # float rounding of the resize only; the reader clipped already
         sample = {k: dataset_dict[k] for k in ("file_name", "image_id", "height", "width") if k in dataset_dict}
         sample.update(image=image, boxes=boxes, classes=classes, weights=np.ones(len(boxes), np.float32),
                       geometry=geometry)

@@ -58,8 +58,8 @@ SYNTHETIC_DOMAINS = ("source", "clipart", "watercolor")
 SPLITS = ("train", "test")
 
 # Bump whenever the pixels or annotations produced for a given seed change: stamps then
-# stop matching and stale folders are not mistaken for current ones.
-GENERATOR_VERSION = 1
+# stop matching and stale folders are regenerated instead of being taken for current ones.
+GENERATOR_VERSION = 2
 STAMP_NAME = ".synthetic.json"
 JPEG_QUALITY = 95
 
@@ -89,8 +89,8 @@ CLIPART_OUTLINE_PX = (2, 5)  # ... clipped to this range (pixels)
 
 # --- watercolor style ------------------------------------------------------------------
 WATERCOLOR_BLEED_SIGMA = (1.2, 3.0)  # Gaussian blur of a wash's edge (pixels)
-WATERCOLOR_SATURATION = (0.2, 0.5)  # pale, but never so pale that a wash vanishes into the paper
-WATERCOLOR_VALUE = (0.6, 0.88)
+WATERCOLOR_SATURATION = (0.25, 0.6)  # washed out, but never so pale that a wash vanishes into the paper
+WATERCOLOR_VALUE = (0.45, 0.85)
 WATERCOLOR_PENCIL_PROB = 0.3  # faint graphite outline under some washes
 WATERCOLOR_PAPER_TONE = 0.95  # brightness of the paper showing through a wash
 
@@ -340,8 +340,8 @@ def _flat_canvas(colour: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _source_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     hue = rng.uniform(0.0, 360.0)
-    c1 = _hsv(hue, rng.uniform(0.05, 0.35), rng.uniform(0.35, 0.85))
-    c2 = _hsv(hue + rng.uniform(-40.0, 40.0), rng.uniform(0.05, 0.35), rng.uniform(0.35, 0.85))
+    c1 = _hsv(hue, rng.uniform(0.05, 0.35), rng.uniform(0.3, 0.95))
+    c2 = _hsv(hue + rng.uniform(-40.0, 40.0), rng.uniform(0.05, 0.35), rng.uniform(0.3, 0.95))
     side = min(height, width)
     t = 0.5 + 0.35 * _smooth_noise(rng, height, width, side * rng.uniform(0.25, 0.6))
     t += 0.12 * _smooth_noise(rng, height, width, side * 0.06)
@@ -376,7 +376,7 @@ def _source_object(rng: np.random.Generator, canvas: np.ndarray, shape: _Shape, 
     hue = SOURCE_CLASS_HUE_DEG[name] + rng.normal(0.0, SOURCE_HUE_JITTER_DEG)
     if rng.random() < SOURCE_OFF_HUE_PROB:
         hue = rng.uniform(0.0, 360.0)
-    colour = _hsv(hue, rng.uniform(0.55, 0.9), rng.uniform(0.55, 0.95))
+    colour = _hsv(hue, rng.uniform(0.4, 0.9), rng.uniform(0.45, 0.95))
     offset = max(2.0, 0.06 * shape.extent)
     shadow_sigma = max(1.5, 0.05 * shape.extent)
     win = _Window(shape.outer, offset + 3 * shadow_sigma + 2, *canvas.shape[1:])
@@ -473,7 +473,7 @@ def _clipart_finish(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarray:
 
 def _watercolor_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     side = min(height, width)
-    paper = _hsv(rng.uniform(30, 55), rng.uniform(0.03, 0.12), rng.uniform(0.88, 0.98))
+    paper = _hsv(rng.uniform(30, 55), rng.uniform(0.03, 0.12), rng.uniform(0.85, 0.97))
     grain = _blur(_grain(rng, height, width, 0.06), 0.7)
     fibre = 0.03 * _smooth_noise(rng, height, width, side * 0.08)
     canvas = paper * (1.0 + grain + fibre)
@@ -508,7 +508,7 @@ def _watercolor_object(rng: np.random.Generator, canvas: np.ndarray, shape: _Sha
     # Pigment pools at the edges (darker rim) and granulates inside.
     rim = np.clip(wash - _blur(wash, 3.0), 0.0, 1.0)
     granulation = 1.0 + 0.15 * _smooth_noise(rng, *win.shape, 2.5)
-    density = np.clip(wash * np.float32(rng.uniform(0.8, 0.95)) * granulation + 1.2 * rim, 0.0, 1.0)
+    density = np.clip(wash * np.float32(rng.uniform(0.85, 1.0)) * granulation + 1.2 * rim, 0.0, 1.0)
     # Mostly opaque over earlier washes, so occlusion means what the boxes say.
     paint = pigment * np.float32(WATERCOLOR_PAPER_TONE) * (1.0 - 0.25 * rim)
     _composite(view, paint, density)
@@ -518,6 +518,8 @@ def _watercolor_finish(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarr
     return _blur(canvas, 0.6)
 
 
+# domain -> (background(rng, H, W) -> (3, H, W) canvas, object(rng, canvas, shape, light_angle) painting
+# in place, finish(rng, canvas) -> canvas). Every painter draws only from the image's own generator.
 _STYLES = {
     "source": (_source_background, _source_object, _source_finish),
     "clipart": (_clipart_background, _clipart_object, _clipart_finish),
@@ -715,21 +717,22 @@ def generate(root, *, seed: int = 0, num_train: int = 600, num_test: int = 150, 
         image_size: shorter side in pixels (int >= 64; half the images are square, the others
             ``NON_SQUARE_SIDE_RATIO`` times longer one way), or a fixed ``(height, width)``.
         domains: a subset of ``SYNTHETIC_DOMAINS``.
-        overwrite: see below.
+        overwrite: replace folders that exist without a stamp (see below).
         workers: threads to render with (cv2 and numpy release the GIL for most of the work);
             None picks one per ``_MIN_IMAGES_PER_WORKER`` images to write, up to the CPU count
             (max 8). The files do not depend on it.
 
     Idempotent: a domain folder whose stamp (``.synthetic.json``) records the same parameters
-    is skipped (regenerating it would write the same bytes). A folder that exists with a
-    different or missing stamp raises ``FileExistsError`` unless ``overwrite=True``, in which
-    case it is deleted and regenerated; all folders are checked before anything is written.
+    (and ``GENERATOR_VERSION``) is skipped: regenerating it would write the same bytes. A
+    folder with a different stamp was made by this generator, so it is replaced. A folder
+    with no stamp may hold someone's data: it raises ``FileExistsError`` unless
+    ``overwrite=True``; all folders are checked before anything is written.
     Each domain is written to a temporary sibling folder and renamed into place with its stamp
     already inside, so an interrupted run never leaves a folder that looks complete, and
     processes generating the same folder at once (e.g. every DDP rank) do not clobber each other.
 
     Returns ``{"root": str, "seed": int, "image_size": int | [h, w], "workers": int,
-    "seconds": float, "domains": {d: {"dir": str, "status": "generated" | "skipped",
+    "seconds": float, "domains": {d: {"dir": str, "status": "generated" | "regenerated" | "skipped",
     "num_train": int, "num_test": int, "num_objects": int | None (None when skipped)}}}``.
     """
     seed = _check_int("seed", seed, 0)
@@ -752,14 +755,15 @@ def generate(root, *, seed: int = 0, num_train: int = 600, num_test: int = 150, 
         summary["domains"][domain] = {"dir": str(directory), "status": "generated", "num_train": num_train,
                                       "num_test": num_test, "num_objects": 0}
         if directory.exists():
-            if read_stamp(directory) == stamp:
+            found = read_stamp(directory)
+            if found == stamp:
                 summary["domains"][domain].update(status="skipped", num_objects=None)
                 continue
-            if not overwrite:
+            if found is None and not overwrite:
                 raise FileExistsError(
-                    f"{directory} exists but was not generated with these parameters "
-                    f"(stamp {directory / STAMP_NAME} missing or different); pass overwrite=True "
-                    f"(--overwrite) to replace it")
+                    f"{directory} exists but has no {STAMP_NAME} stamp, so it was not made by this "
+                    f"generator; pass overwrite=True (--overwrite) to replace it")
+            summary["domains"][domain]["status"] = "generated" if found is None else "regenerated"
         todo.append((domain, directory, stamp))
 
     tasks = [(domain, split, lo, min(lo + _CHUNK, counts[split]))

@@ -56,6 +56,8 @@ def evaluate(cfg, model, device, dataset_names=None) -> dict:
 
 def train(cfg, *, resume: bool = False) -> dict:
     """Supervised training per ``cfg`` (resuming from ``OUTPUT_DIR/last_checkpoint`` if asked); returns results."""
+    if cfg.OUTPUT_DIR:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     torch.manual_seed(cfg.SEED + comm.get_rank())
     device = resolve_device(cfg.MODEL.DEVICE)
     model = build_detector(cfg).to(device)

@@ -1,0 +1,118 @@
+import json
+import os
+
+import pytest
+import torch
+
+from lossmix.engine.checkpoint import Checkpointer
+from lossmix.engine.defaults import train
+from lossmix.engine.schedule import build_optimizer, build_scheduler, lr_factor
+from lossmix.engine.trainer import NonFiniteLossError, Trainer
+from lossmix.modeling.build import build_detector
+
+from .helpers import make_tiny_dataset, tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def names(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("tinyeng"), num_train=8, num_test=3)
+
+
+def test_lr_schedule():
+    kw = dict(warmup_iters=10, warmup_factor=0.001, steps=(20, 30), gamma=0.1)
+    assert lr_factor(0, **kw) == pytest.approx(0.001)
+    assert lr_factor(5, **kw) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(10, **kw) == 1.0 and lr_factor(19, **kw) == 1.0
+    assert lr_factor(20, **kw) == pytest.approx(0.1) and lr_factor(30, **kw) == pytest.approx(0.01)
+
+
+def _metrics(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["iteration"]: r for r in rows if "total_loss" in r}
+
+
+def test_training_reduces_loss_on_a_repeated_batch(names, tmp_path):
+    cfg = tiny_cfg(names, tmp_path, **{"SOLVER.MAX_ITER": 12, "SOLVER.STEPS": (100,), "SOLVER.CLIP_GRADIENTS": 5.0})
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    from lossmix.data.loader import build_train_loader
+
+    batch = next(iter(build_train_loader(cfg)))
+    opt = build_optimizer(cfg, model)
+    trainer = Trainer(cfg, model, opt, build_scheduler(cfg, opt), iter(lambda: batch, None), device=torch.device("cpu"),
+                      checkpointer=Checkpointer(str(tmp_path), model=model))
+    trainer.train()
+    losses = [h["total_loss"] for h in trainer.history]
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+
+
+def test_resume_continues_at_the_right_iteration_with_the_same_lr_and_losses(names, tmp_path):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    train(tiny_cfg(names, full_dir))
+    train(tiny_cfg(names, cut_dir, **{"SOLVER.MAX_ITER": 3}))  # a run cut after iteration 3
+    assert (cut_dir / "last_checkpoint").read_text() == "model_final.pth"
+    result = train(tiny_cfg(names, cut_dir), resume=True)
+    assert result["summary"]["iterations"] == 3
+    full, cut = _metrics(full_dir), _metrics(cut_dir)
+    for it in (4, 5, 6):
+        assert cut[it]["lr"] == pytest.approx(full[it]["lr"], rel=1e-12)
+        assert cut[it]["total_loss"] == pytest.approx(full[it]["total_loss"], rel=1e-5), it
+    assert cut[6]["lr"] == pytest.approx(0.01 * 0.1)  # past SOLVER.STEPS (4)
+    assert result["results"][names["source_test"]]["num_images"] == 3
+
+
+class _NanAt(torch.nn.Module):
+    """Wraps a detector; returns a NaN loss at the given iterations (counted by calls)."""
+
+    def __init__(self, model, bad):
+        super().__init__()
+        self.model, self.bad, self.calls = model, set(bad), 0
+
+    def forward(self, images, targets):
+        losses = self.model(images, targets)
+        self.calls += 1
+        if self.calls - 1 in self.bad:
+            losses["loss_classifier"] = losses["loss_classifier"] * float("nan")
+        return losses
+
+
+def _nan_trainer(names, tmp_path, bad, **extra):
+    cfg = tiny_cfg(names, tmp_path, **extra)
+    model = _NanAt(build_detector(cfg), bad)
+    opt = build_optimizer(cfg, model)
+    from lossmix.data.loader import build_train_loader
+
+    return Trainer(cfg, model, opt, build_scheduler(cfg, opt), build_train_loader(cfg), device=torch.device("cpu"),
+                   checkpointer=Checkpointer(str(tmp_path), model=model.model))
+
+
+def test_nan_step_is_skipped_and_counted(names, tmp_path):
+    trainer = _nan_trainer(names, tmp_path, bad=[2], **{"SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 0})
+    params_before = None
+
+    def snapshot():
+        return [p.detach().clone() for p in trainer.model.parameters()]
+
+    data = iter(trainer.data_loader)
+    for trainer.iter in range(4):
+        if trainer.iter == 2:
+            params_before = snapshot()
+        trainer.run_step(next(data))
+        if trainer.iter == 2:
+            assert all(torch.equal(a, b) for a, b in zip(params_before, snapshot()))  # not applied
+    assert trainer.skipped_steps == 1 and trainer.bad_steps == 0
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows[0]["iteration"] == 2 and "loss_classifier" in rows[0]["non_finite_loss"]
+
+
+def test_consecutive_nan_steps_stop_training(names, tmp_path):
+    trainer = _nan_trainer(names, tmp_path, bad=[3, 4, 5], **{"SOLVER.MAX_ITER": 8, "SOLVER.MAX_BAD_STEPS": 3,
+                                                               "SOLVER.CHECKPOINT_PERIOD": 2})
+    with pytest.raises(NonFiniteLossError, match=r"3 consecutive non-finite losses .*MAX_BAD_STEPS = 3.* iteration 5"):
+        trainer.train()
+    assert not (tmp_path / "model_final.pth").exists()
+    last = Checkpointer(str(tmp_path)).last_checkpoint()
+    assert last.endswith("model_0000004.pth")  # written after a skipped step: still the good weights
+    state = torch.load(last, weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+
+from lossmix.data.catalog import DatasetCatalog
+from lossmix.data.loader import MixCollate, TrainDataset, TrainPositions
+from lossmix.data.mapper import LossMixDatasetMapper, to_model_input
+
+from .helpers import make_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def dicts(tmp_path_factory):
+    names = make_tiny_dataset(tmp_path_factory.mktemp("tinymap"), num_train=6, num_test=2)
+    return DatasetCatalog.get(names["source_train"])
+
+
+def _mapper(**kw):
+    return LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, flip_prob=0.5, **kw)
+
+
+def _equal(a, b):
+    assert torch.equal(a["image"], b["image"])
+    for k in a["target"]:
+        assert torch.equal(a["target"][k], b["target"][k]), k
+
+
+def test_model_input_layout(dicts):
+    d = dicts[0]
+    out = _mapper()(d, None, np.random.default_rng(0))
+    assert out["image"].dtype == torch.uint8 and out["image"].shape[0] == 3
+    assert min(out["image"].shape[1:]) in (80, 96)
+    t = out["target"]
+    n = len([a for a in d["annotations"] if not a.get("difficult")])
+    assert t["boxes"].shape == (n, 4) and t["labels"].dtype == torch.int64
+    expected = torch.tensor([a["category_id"] + 1 for a in d["annotations"] if not a.get("difficult")])
+    assert torch.equal(t["labels"], expected)  # 0 is background
+    assert torch.all(t["weights"] == 1) and float(t["lam"]) == 1.0 and not t["from_partner"].any()
+    h, w = out["image"].shape[1:]
+    assert torch.all(t["boxes"][:, 2] <= w) and torch.all(t["boxes"][:, 3] <= h)
+
+
+@pytest.mark.parametrize("method", ["mixup", "cutmix", "saliencymix"])
+def test_deterministic_for_a_generator(dicts, method):
+    m = _mapper(mode="lossmix", method=method)
+    a = m(dicts[0], dicts[1], np.random.default_rng(7))
+    b = m(dicts[0], dicts[1], np.random.default_rng(7))
+    _equal(a, b)
+    c = m(dicts[0], dicts[1], np.random.default_rng(8))
+    assert not torch.equal(a["target"]["weights"], c["target"]["weights"]) or not torch.equal(a["image"], c["image"])
+
+
+def test_lossmix_mixup_weights_follow_lambda(dicts):
+    m = _mapper(mode="lossmix", method="mixup")
+    out = m(dicts[0], dicts[1], np.random.default_rng(3))
+    t = out["target"]
+    lam = float(t["lam"])
+    assert 0 < lam < 1
+    part = t["from_partner"]
+    assert part.any() and (~part).any()
+    assert torch.allclose(t["weights"][~part], torch.tensor(lam))
+    assert torch.allclose(t["weights"][part], torch.tensor(1 - lam))
+
+
+def test_uniform_and_noise_modes(dicts):
+    uni = _mapper(mode="uniform", method="mixup")(dicts[0], dicts[1], np.random.default_rng(3))
+    lm = _mapper(mode="lossmix", method="mixup")(dicts[0], dicts[1], np.random.default_rng(3))
+    assert torch.equal(uni["image"], lm["image"]) and torch.equal(uni["target"]["boxes"], lm["target"]["boxes"])
+    assert torch.all(uni["target"]["weights"] == 1)
+    noise = _mapper(mode="noise", noise_range=(0.05, 0.05))(dicts[0], dicts[1], np.random.default_rng(3))
+    plain = _mapper(mode="none")(dicts[0], None, np.random.default_rng(3))
+    assert not noise["target"]["from_partner"].any()
+    assert noise["target"]["boxes"].shape == plain["target"]["boxes"].shape
+    assert float(noise["target"]["lam"]) == pytest.approx(0.95)
+
+
+def test_prob_zero_equals_no_mixing(dicts):
+    rng = lambda: np.random.default_rng(11)  # noqa: E731
+    m = _mapper(mode="lossmix", prob=0.0)
+    plain = _mapper(mode="none")
+    _equal(m(dicts[2], dicts[3], rng()), plain(dicts[2], None, rng()))
+
+
+def test_loader_stream_depends_only_on_seed_and_position(dicts):
+    m = _mapper(mode="lossmix", method="cutmix", min_visible=0.1)
+    collate = MixCollate(m, seed=5)
+
+    def batches(start_iter, n, seed=5):
+        ds = TrainDataset(dicts, m, seed=seed)
+        positions = iter(TrainPositions(2, start_iter, rank=0, world_size=1))
+        return [collate([ds[next(positions)] for _ in range(2)]) for _ in range(n)]
+
+    full = batches(0, 4)
+    resumed = batches(2, 2)
+    for a, b in zip(full[2:], resumed):
+        for x, y in zip(a, b):
+            _equal(x, y)
+    assert not torch.equal(batches(0, 1, seed=6)[0][0]["image"], full[0][0]["image"])
+    # two ranks see disjoint positions of the same global stream
+    r0 = list(zip(range(4), TrainPositions(2, 0, rank=0, world_size=2)))
+    r1 = list(zip(range(4), TrainPositions(2, 0, rank=1, world_size=2)))
+    assert [p for _, p in r0] == [0, 1, 4, 5] and [p for _, p in r1] == [2, 3, 6, 7]
+
+
+def test_mixed_sample_with_no_boxes(dicts):
+    empty = {**dicts[0], "annotations": []}
+    out = _mapper(mode="lossmix", method="mixup")(empty, {**dicts[1], "annotations": []}, np.random.default_rng(0))
+    assert out["target"]["boxes"].shape == (0, 4)
+    back = to_model_input({"image": np.zeros((4, 4, 3), np.uint8), "boxes": np.zeros((0, 4)), "classes": np.zeros(0)})
+    assert back["target"]["labels"].shape == (0,)
