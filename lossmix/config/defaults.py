@@ -48,6 +48,10 @@ _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05  # detections below this score are d
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5  # per-class NMS IoU threshold at inference
 _C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100  # detections kept per image at inference
 
+_C.MODEL.ROI_BOX_HEAD = CfgNode()
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024  # width of the box head's two fully connected layers (torchvision's TwoMLPHead)
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7  # ROIAlign output size
+
 # ---------------------------------------------------------------------------- input
 _C.INPUT = CfgNode()
 _C.INPUT.MIN_SIZE_TRAIN = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)  # short side drawn from these, training
@@ -61,6 +65,7 @@ _C.DATASETS = CfgNode()
 _C.DATASETS.TRAIN = ()  # registered names of the labelled training sets (concatenated)
 _C.DATASETS.TEST = ()  # registered names evaluated by --eval-only and TEST.EVAL_PERIOD
 _C.DATASETS.TRAIN_USE_DIFFICULT = False  # keep VOC "difficult" boxes as training targets
+_C.DATASETS.TRAIN_UNLABELED = ()  # registered names of unlabelled target-domain sets (DA only); their boxes are never read
 
 _C.DATALOADER = CfgNode()
 _C.DATALOADER.NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
@@ -102,6 +107,23 @@ _C.TEST.METRIC = "auto"  # auto (from dataset metadata) | voc_area | voc07 | coc
 _C.OUTPUT_DIR = "./output"  # run folder: checkpoints, metrics.jsonl, eval/, config.yaml
 _C.SEED = 0  # seeds data order, mixing draws and weight init (per rank)
 _C.LOG_PERIOD = 20  # iterations between metrics.jsonl rows
+
+
+# ---------------------------------------------------------------------------- domain adaptation
+# Adaptive Teacher (Li et al., CVPR 2022) with LossMix domain mixing: lossmix.engine.teacher.
+# Each iteration takes SOLVER.IMS_PER_BATCH source images plus as many DATASETS.TRAIN_UNLABELED images.
+_C.DA = CfgNode()
+_C.DA.ENABLED = False  # train with the student / EMA-teacher loop (tools/train_net.py dispatches to train_da)
+_C.DA.BURN_IN_ITERS = 20000  # source-only iterations; the teacher is then copied from the student
+_C.DA.EMA_DECAY = 0.9996  # after burn-in, every step: teacher = decay * teacher + (1 - decay) * student
+_C.DA.PSEUDO_THRESHOLD = 0.8  # teacher detections with score >= this become pseudo-labels
+_C.DA.PSEUDO_BOX_WEIGHT = 0.0  # box-regression weight of pseudo-labels (x their weight); 0 = not computed at all
+_C.DA.UNSUP_LOSS_WEIGHT = 1.0  # weight of the student's RPN / ROI losses on pseudo-labelled target images
+_C.DA.DIS_LOSS_WEIGHT = 0.1  # weight of the image-level domain-discriminator loss (after burn-in)
+_C.DA.DIS_FEATURE = 2  # FPN level the discriminator sees: backbone output str(DIS_FEATURE) ("0".."3", strides 4..32); an int as YAML reads "2" as 2
+_C.DA.GRL_LAMBDA = 1.0  # gradient-reversal coefficient: the backbone receives -GRL_LAMBDA x the discriminator's gradient
+_C.DA.MIX_PAIRS = ()  # LossMix pairs (need LOSSMIX.MODE != none): source_source, source_target, target_target
+_C.DA.WEIGHT_BY_SCORE = False  # pseudo-label weight = teacher score (times lambda when mixed) instead of 1
 
 
 def get_cfg() -> CfgNode:

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -100,10 +101,12 @@ def build_detector(cfg) -> FasterRCNN:
         num_levels = len(backbone(torch.zeros(1, 3, 64, 64)))
     featmaps = [str(i) for i in range(num_levels - 1)]  # every level but the "pool" one, as torchvision
 
-    rpn, roi = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS
+    rpn, roi, head = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
+    res = head.POOLER_RESOLUTION
     model = FasterRCNN(
         backbone,
-        num_classes=roi.NUM_CLASSES + 1,
+        box_head=TwoMLPHead(backbone.out_channels * res**2, head.FC_DIM),
+        box_predictor=FastRCNNPredictor(head.FC_DIM, roi.NUM_CLASSES + 1),
         image_mean=list(cfg.MODEL.PIXEL_MEAN),
         image_std=list(cfg.MODEL.PIXEL_STD),
         rpn_anchor_generator=_anchor_generator(cfg, num_levels),
@@ -116,7 +119,7 @@ def build_detector(cfg) -> FasterRCNN:
         rpn_fg_iou_thresh=rpn.IOU_THRESHOLDS[1],
         rpn_batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
         rpn_positive_fraction=rpn.POSITIVE_FRACTION,
-        box_roi_pool=MultiScaleRoIAlign(featmap_names=featmaps, output_size=7, sampling_ratio=2),
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=featmaps, output_size=res, sampling_ratio=2),
         box_score_thresh=roi.SCORE_THRESH_TEST,
         box_nms_thresh=roi.NMS_THRESH_TEST,
         box_detections_per_img=roi.DETECTIONS_PER_IMAGE,
