@@ -35,11 +35,18 @@ def main(args):
     cfg = setup(args.config_file, args.opts)
     if args.eval_only:
         results = evaluate_only(cfg)
+    elif cfg.DA.ENABLED:  # teacher-student domain adaptation: {name: {"teacher": result, "student": result}}
+        from lossmix.engine.teacher import train_da
+
+        results = train_da(cfg, resume=args.resume)["results"]
     else:
         results = train(cfg, resume=args.resume)["results"]
     if comm.is_main_process():
         for name, result in results.items():
-            print(f"\n{name}:\n{format_table(result) if 'per_class' in result else result}")
+            roles = result.items() if cfg.DA.ENABLED and not args.eval_only else [("", result)]
+            for role, r in roles:
+                label = f"{name} ({role})" if role else name
+                print(f"\n{label}:\n{format_table(r) if r and 'per_class' in r else r}")
     return results
 
 

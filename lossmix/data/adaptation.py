@@ -1,0 +1,203 @@
+"""Data for domain adaptation: a two-view mapper, source x source / source x target mixing, the loader.
+
+Each iteration the loader yields ``{"source": [model input], "target": [two-view item]}``:
+
+- ``source``: ``SOLVER.IMS_PER_BATCH // world`` labelled images (weak view: resize + flip), each
+  mixed with one partner drawn among the enabled burn-in pairs (``DA.MIX_PAIRS``):
+  ``source_source`` (the next image of the batch, both box sets weighted per LossMix) or
+  ``source_target`` (this slot's weak target view; the target brings no boxes, the source boxes
+  keep their mixing weight). Each input also carries ``"domain"``: the target share of its pixels
+  (0 for a source image, ``1 - lam`` for a source x target mix), the discriminator's label.
+- ``target``: as many unlabelled images, each ``{"weak": model input (for the teacher),
+  "strong": numpy sample (for the student), "position": int}``; both views share one geometry.
+  Target images are only decoded from the first iteration that needs them (the end of burn-in,
+  or iteration 0 when ``source_target`` mixing is on); before that the list is empty.
+
+Target x target mixing needs the teacher's pseudo-labels, so it happens in the training process
+(:mod:`lossmix.engine.teacher`). Every mixing draw comes from :func:`pair_rng`, a generator seeded
+by ``(SEED, iteration, rank, slot, stream)``: resumable, independent of worker count, and never
+global seeding.
+
+Images are ``HxWx3`` uint8 **RGB** throughout (``read_image`` decodes to RGB and the strong
+augmentation's colour operations assume RGB).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..utils import comm
+from .augment import StrongAugment
+from .loader import BadSampleLog, TrainDataset, TrainPositions, _worker_init, get_dataset_dicts
+from .mapper import LossMixDatasetMapper, to_model_input
+
+SOURCE_PAIR_STREAM = 1  # pair_rng stream of the source-side mixing (loader)
+TARGET_PAIR_STREAM = 2  # pair_rng stream of the target x target mixing (training process)
+_TARGET_SEED_STREAM = 3  # derives the target dataset's seed (order and augmentation) from SEED
+
+
+def pair_rng(seed: int, iteration: int, rank: int, slot: int, stream: int) -> np.random.Generator:
+    """The generator of one mixing draw: slot ``slot`` of ``rank``'s batch at ``iteration``."""
+    return np.random.default_rng([int(seed), int(iteration), int(rank), int(slot), int(stream)])
+
+
+def active_pairs(cfg) -> tuple[str, ...]:
+    """The ``DA.MIX_PAIRS`` that actually mix: none unless ``LOSSMIX.MODE`` mixes (plain Adaptive Teacher)."""
+    if cfg.LOSSMIX.MODE == "none" or cfg.LOSSMIX.PROB <= 0:
+        return ()
+    return tuple(cfg.DA.MIX_PAIRS)
+
+
+def without_boxes(sample: dict) -> dict:
+    """A copy of a numpy sample with no instances (an unlabelled image as a mixing partner)."""
+    out = dict(sample)
+    out.update(boxes=np.zeros((0, 4), np.float32), classes=np.zeros(0, np.int64), weights=np.zeros(0, np.float32))
+    return out
+
+
+class TwoViewMapper:
+    """Dataset dict -> ``{"weak": sample, "strong": sample}`` sharing one geometry.
+
+    The weak view is :meth:`LossMixDatasetMapper.load` (read, resize to a drawn short side, maybe
+    flip); the strong view is that image after :class:`StrongAugment` (colour jitter p=0.8,
+    greyscale p=0.2, blur p=0.5, random erasing), so sizes and boxes are identical and only pixels
+    differ. Both are numpy samples (``image`` HxWx3 uint8 RGB, ``boxes`` float32 [N,4], ``classes``
+    int64 [N], ``weights`` float32 [N]). ``keep_annotations=False`` (unlabelled data) empties the
+    boxes of both views, so a target set's annotations can never leak into training.
+    """
+
+    def __init__(self, *, weak: LossMixDatasetMapper, strong: Optional[StrongAugment] = None,
+                 keep_annotations: bool = False):
+        self.weak = weak
+        self.strong = strong if strong is not None else StrongAugment()
+        self.keep_annotations = keep_annotations
+
+    @classmethod
+    def from_config(cls, cfg, *, keep_annotations: bool = False) -> "TwoViewMapper":
+        return cls(weak=LossMixDatasetMapper.from_config(cfg, is_train=True), keep_annotations=keep_annotations)
+
+    def load(self, dataset_dict: dict, rng: np.random.Generator) -> dict:
+        weak = self.weak.load(dataset_dict, rng)
+        if not self.keep_annotations:
+            weak = without_boxes(weak)
+        strong = dict(weak)
+        strong.update(image=self.strong.apply_image(weak["image"], rng), boxes=weak["boxes"].copy(),
+                      classes=weak["classes"].copy(), weights=weak["weights"].copy())
+        return {"weak": weak, "strong": strong}
+
+
+class DomainAdaptationDataset(Dataset):
+    """Global sample position -> ``{"source": loaded sample, "target": two-view sample or None}``.
+
+    The target view is loaded only from iteration ``target_from_iter`` on (position //
+    ``global_batch`` is the iteration).
+    """
+
+    def __init__(self, source: TrainDataset, target: TrainDataset, *, global_batch: int, target_from_iter: int):
+        self.source, self.target = source, target
+        self.global_batch, self.target_from_iter = global_batch, target_from_iter
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, position: int) -> dict:
+        target = self.target[position] if position // self.global_batch >= self.target_from_iter else None
+        return {"source": self.source[position], "target": target}
+
+
+class DomainAdaptationCollate:
+    """Mixes each source sample with its partner (see the module docstring) and builds model inputs.
+
+    Args:
+        mapper: its :meth:`~LossMixDatasetMapper.mix` does the mixing (``LOSSMIX.*``).
+        seed: ``SEED``; local_batch / world_size: to locate a position's (iteration, rank, slot).
+        source_pairs: enabled among ``("source_source", "source_target")``; with both, each slot
+            draws one uniformly.
+    """
+
+    def __init__(self, mapper: LossMixDatasetMapper, *, seed: int, local_batch: int, world_size: int,
+                 source_pairs: Sequence[str]):
+        self.mapper, self.seed = mapper, seed
+        self.local_batch, self.world_size = local_batch, world_size
+        self.source_pairs = tuple(p for p in ("source_source", "source_target") if p in source_pairs)
+
+    def locate(self, position: int) -> tuple[int, int, int]:
+        """Global sample position -> (iteration, rank, slot), the inverse of :class:`TrainPositions`."""
+        iteration, offset = divmod(position, self.local_batch * self.world_size)
+        rank, slot = divmod(offset, self.local_batch)
+        return iteration, rank, slot
+
+    def mix_source(self, sample: dict, batch: Sequence[dict], target: Optional[dict], j: int) -> dict:
+        """Mix ``batch[j]`` (= ``sample``) per the drawn pair kind; returns a model input with ``"domain"``."""
+        rng = pair_rng(self.seed, *self.locate(sample["position"]), SOURCE_PAIR_STREAM)
+        kinds = [k for k in self.source_pairs if k == "source_source" or target is not None]
+        kind = kinds[int(rng.integers(len(kinds)))] if kinds else None
+        partner = None
+        if kind == "source_source":
+            partner = sample.get("partner")
+            if partner is None and len(batch) > 1:
+                partner = batch[(j + 1) % len(batch)]
+        elif kind == "source_target":
+            partner = without_boxes(target["weak"])
+        mixed = self.mapper.mix(sample, partner, rng)
+        inp = to_model_input(mixed)
+        inp["domain"] = 1.0 - float(mixed["lam"]) if kind == "source_target" else 0.0
+        return inp
+
+    def __call__(self, items: list[dict]) -> dict:
+        sources = [it["source"] for it in items]
+        targets = [it["target"] for it in items]
+        out_source = [self.mix_source(s, sources, t, j) for j, (s, t) in enumerate(zip(sources, targets))]
+        out_target = [{"weak": to_model_input(t["weak"]), "strong": t["strong"], "position": t["position"]}
+                      for t in targets if t is not None]
+        return {"source": out_source, "target": out_target}
+
+
+def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = None) -> DataLoader:
+    """Infinite loader of ``{"source": [...], "target": [...]}`` batches for this rank (module docstring).
+
+    ``SOLVER.IMS_PER_BATCH`` counts the source images of an iteration over all processes; as many
+    target images come with them.
+    """
+    world = comm.get_world_size()
+    if local_batch is None:
+        if cfg.SOLVER.IMS_PER_BATCH % world:
+            raise ValueError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the "
+                             f"{world} processes")
+        local_batch = cfg.SOLVER.IMS_PER_BATCH // world
+    pairs = active_pairs(cfg)
+    mapper = LossMixDatasetMapper.from_config(cfg, is_train=True)
+    bad_log = BadSampleLog(os.path.join(cfg.OUTPUT_DIR, "bad_samples.jsonl") if cfg.OUTPUT_DIR else None)
+    source = TrainDataset(
+        get_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
+        mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
+        with_partner="source_source" in pairs and local_batch == 1,
+    )
+    target_seed = int(np.random.SeedSequence([cfg.SEED, _TARGET_SEED_STREAM]).generate_state(1)[0])
+    target = TrainDataset(
+        get_dataset_dicts(cfg.DATASETS.TRAIN_UNLABELED), TwoViewMapper.from_config(cfg), seed=target_seed,
+        on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
+    )
+    dataset = DomainAdaptationDataset(source, target, global_batch=local_batch * world,
+                                      target_from_iter=0 if "source_target" in pairs else cfg.DA.BURN_IN_ITERS)
+    workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(
+        dataset,
+        batch_size=local_batch,
+        sampler=TrainPositions(local_batch, start_iter),
+        num_workers=workers,
+        collate_fn=DomainAdaptationCollate(mapper, seed=cfg.SEED, local_batch=local_batch, world_size=world,
+                                           source_pairs=pairs),
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers else None,
+        generator=torch.Generator().manual_seed(cfg.SEED),  # keeps the global torch RNG (model sampling) untouched
+    )
+
+
+__all__ = ["TwoViewMapper", "DomainAdaptationDataset", "DomainAdaptationCollate", "build_da_loader", "pair_rng",
+           "active_pairs", "without_boxes", "SOURCE_PAIR_STREAM", "TARGET_PAIR_STREAM"]
