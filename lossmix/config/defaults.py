@@ -24,6 +24,10 @@ _C.MODEL.BACKBONE = CfgNode()
 _C.MODEL.BACKBONE.NAME = "R50-FPN"  # one of R18-FPN, R34-FPN, R50-FPN, R101-FPN, MNV3-FPN
 _C.MODEL.BACKBONE.NORM = "FrozenBN"  # FrozenBN (pretrained weights), BN or GN (training from scratch)
 _C.MODEL.BACKBONE.TRAINABLE_LAYERS = 3  # ResNet stages trained (0-5); the rest are frozen; 5 when training from scratch
+_C.MODEL.BACKBONE.RETURNED_LAYERS = [1, 2, 3, 4]  # ResNet stages feeding the FPN (strides 4, 8, 16, 32); [2, 3, 4] drops the costly stride-4 level
+
+_C.MODEL.FPN = CfgNode()
+_C.MODEL.FPN.OUT_CHANNELS = 256  # channels of every FPN level (and so of the RPN and box heads' inputs)
 
 _C.MODEL.ANCHOR_GENERATOR = CfgNode()
 _C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]  # anchor sizes (pixels) per FPN level

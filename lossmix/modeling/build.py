@@ -14,7 +14,9 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models import resnet
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
@@ -29,12 +31,12 @@ NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
     "GN": lambda channels: nn.GroupNorm(32, channels),
 }
 
-# name -> (norm_layer, trainable_layers) -> backbone with FPN, and its number of feature levels
+# name -> fn(norm_layer, trainable_layers, returned_layers, out_channels) -> backbone with FPN
 BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_backbone(name: str):
-    """Register ``fn(norm_layer, trainable_layers) -> backbone`` (an ``nn.Module`` with ``out_channels``)."""
+    """Register ``fn(norm_layer, trainable_layers, returned_layers, out_channels) -> backbone`` (with ``out_channels``)."""
 
     def wrap(fn):
         if name in BACKBONES:
@@ -45,19 +47,35 @@ def register_backbone(name: str):
     return wrap
 
 
-for _depth in (18, 34, 50, 101):
-    register_backbone(f"R{_depth}-FPN")(
-        partial(
-            lambda norm_layer, trainable_layers, depth: resnet_fpn_backbone(
-                backbone_name=f"resnet{depth}", weights=None, norm_layer=norm_layer, trainable_layers=trainable_layers
-            ),
-            depth=_depth,
-        )
+def _resnet_fpn(depth: int, norm_layer, trainable_layers: int, returned_layers, out_channels: int) -> nn.Module:
+    """A ResNet-``depth`` body (random init) with an FPN over ``returned_layers`` (torchvision's pieces)."""
+    body = getattr(resnet, f"resnet{depth}")(weights=None, norm_layer=norm_layer)
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"MODEL.BACKBONE.TRAINABLE_LAYERS must be in [0, 5], got {trainable_layers}")
+    trained = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        trained.append("bn1")
+    for name, param in body.named_parameters():
+        if not any(name.startswith(prefix) for prefix in trained):
+            param.requires_grad_(False)
+    stage_channels = body.inplanes // 8  # channels out of layer1 (64 for ResNet-18/34, 256 for 50/101)
+    return BackboneWithFPN(
+        body,
+        return_layers={f"layer{k}": str(i) for i, k in enumerate(returned_layers)},
+        in_channels_list=[stage_channels * 2 ** (k - 1) for k in returned_layers],
+        out_channels=out_channels,
+        extra_blocks=LastLevelMaxPool(),
     )
 
 
+for _depth in (18, 34, 50, 101):
+    register_backbone(f"R{_depth}-FPN")(partial(_resnet_fpn, _depth))
+
+
 @register_backbone("MNV3-FPN")
-def _mobilenet_v3_fpn(norm_layer, trainable_layers):
+def _mobilenet_v3_fpn(norm_layer, trainable_layers, returned_layers, out_channels):
+    if out_channels != 256:
+        raise ValueError("MNV3-FPN uses torchvision's 256-channel FPN; leave MODEL.FPN.OUT_CHANNELS at 256")
     return mobilenet_backbone(
         backbone_name="mobilenet_v3_large",
         weights=None,
@@ -96,7 +114,8 @@ def build_detector(cfg) -> FasterRCNN:
     norm = cfg.MODEL.BACKBONE.NORM
     if norm not in NORM_LAYERS:
         raise KeyError(f"MODEL.BACKBONE.NORM {norm!r} is unknown; choose one of {sorted(NORM_LAYERS)}")
-    backbone = BACKBONES[name](NORM_LAYERS[norm], cfg.MODEL.BACKBONE.TRAINABLE_LAYERS)
+    backbone = BACKBONES[name](NORM_LAYERS[norm], cfg.MODEL.BACKBONE.TRAINABLE_LAYERS,
+                               list(cfg.MODEL.BACKBONE.RETURNED_LAYERS), cfg.MODEL.FPN.OUT_CHANNELS)
     with torch.no_grad():
         num_levels = len(backbone(torch.zeros(1, 3, 64, 64)))
     featmaps = [str(i) for i in range(num_levels - 1)]  # every level but the "pool" one, as torchvision
