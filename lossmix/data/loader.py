@@ -142,10 +142,9 @@ def _as_list(batch):
 
 
 def _worker_init(_):
-    import cv2
-
+    # Workers share the cores with the training process. (No cv2.setNumThreads here: in a forked
+    # worker it can deadlock tearing down the thread pool inherited from the parent.)
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)  # workers share the cores with the training process
 
 
 def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, dataset_names=None,

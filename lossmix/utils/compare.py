@@ -1,0 +1,290 @@
+"""Compare finished runs: group them into methods, average AP over seeds, write a table and a chart.
+
+A *run folder* holds ``config.yaml`` (the merged config ``setup`` writes) and
+``eval/<dataset>.json`` (what :func:`lossmix.engine.defaults.evaluate` writes:
+``{"AP50": float, "per_class": {name: AP}, ...}``, AP in percent). A domain-adaptation run may
+write ``{"teacher": {...}, "student": {...}}`` instead; the teacher's result is used then (it is
+the model Adaptive Teacher reports), and the summary records which one was read.
+
+Runs are grouped into *methods*: a run folder named ``seed<k>`` belongs to the method named by
+its parent folder (``tools/compare.py --configs`` writes ``<root>/<config stem>/seed<k>``);
+otherwise the method is read from the config: ``LOSSMIX.MODE``, plus ``LOSSMIX.METHOD`` when
+that is not the default mixup (``lossmix+cutmix``), prefixed ``da:`` for a domain-adaptation run
+(``DA.ENABLED``).
+
+    runs = load_runs(["output/a/seed0", "output/a/seed1", "output/b"])
+    summary = summarize(runs)
+    print(to_markdown(summary))
+    plot(summary, "compare.png")
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+import yaml
+
+__all__ = ["GROUP_BY", "Run", "MethodSummary", "find_run_dirs", "load_run", "load_runs", "method_of", "summarize",
+           "format_ap", "to_markdown", "plot"]
+
+_SEED_DIR = re.compile(r"^seed\d+$")
+GROUP_BY = ("auto", "parent", "config", "dir")
+
+
+@dataclass
+class Run:
+    """One run folder's results: ``results[dataset]`` is the eval dict used (the teacher's for DA runs)."""
+
+    path: str
+    method: str
+    results: dict[str, dict]
+    evaluated: dict[str, str]  # dataset -> "teacher" | "student" | "model" (which model's result was read)
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class MethodSummary:
+    """One method on one dataset, over its runs (seeds).
+
+    ``ap_std`` is the sample standard deviation (ddof 1) of the runs' AP50, NaN with one run.
+    ``per_class`` holds the mean AP of each class over the runs where it is defined (NaN where
+    it never is). ``evaluated`` says which model's result was read ("teacher" for DA runs).
+    """
+
+    method: str
+    dataset: str
+    ap_values: list[float]
+    ap_mean: float
+    ap_std: float
+    per_class: dict[str, float]
+    evaluated: str
+    runs: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.ap_values)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+def _is_run_dir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "eval"))
+
+
+def find_run_dirs(paths: Iterable[str]) -> list[str]:
+    """Each path that is a run folder (has ``eval/``), or else its immediate sub-folders that are.
+
+    So ``output/compare/lossmix`` (holding ``seed0/``, ``seed1/``...) stands for all its seeds.
+    Raises ``FileNotFoundError`` for a path that is neither.
+    """
+    found = []
+    for path in paths:
+        if _is_run_dir(path):
+            found.append(path)
+            continue
+        subs = sorted(os.path.join(path, d) for d in os.listdir(path)) if os.path.isdir(path) else []
+        subs = [d for d in subs if _is_run_dir(d)]
+        if not subs:
+            raise FileNotFoundError(f"{path!r} is not a run folder (no eval/ in it or in its sub-folders)")
+        found.extend(subs)
+    return found
+
+
+def _read_config(path: str) -> dict:
+    cfg_path = os.path.join(path, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        return {}
+    with open(cfg_path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def method_of(path: str, config: dict, group_by: str = "auto") -> str:
+    """The method a run belongs to (see the module docstring).
+
+    ``group_by``: ``"auto"`` (parent folder name for ``seed<k>`` folders, else the config),
+    ``"parent"`` (always the parent folder's name), ``"config"`` (always the config) or ``"dir"``
+    (the run folder's own name: no grouping).
+    """
+    if group_by not in GROUP_BY:
+        raise ValueError(f"group_by must be one of {GROUP_BY}, got {group_by!r}")
+    path = os.path.normpath(os.path.abspath(path))
+    name, parent = os.path.basename(path), os.path.basename(os.path.dirname(path))
+    if group_by == "dir":
+        return name
+    if group_by == "parent" or (group_by == "auto" and _SEED_DIR.match(name)):
+        return parent
+    lossmix_cfg = config.get("LOSSMIX") or {}
+    mode = lossmix_cfg.get("MODE")
+    if mode is None:  # no config to read: the folder is the best name there is
+        return name
+    method = lossmix_cfg.get("METHOD", "mixup")
+    name = mode if mode in ("none", "noise") or method == "mixup" else f"{mode}+{method}"
+    return f"da:{name}" if (config.get("DA") or {}).get("ENABLED") else name
+
+
+def _pick_model(data: dict) -> tuple[dict, str]:
+    """``(result, which)``: the teacher's result of a DA eval file (the student's when the teacher's is
+    null: burn-in never ended), else the file itself."""
+    for which in ("teacher", "student"):
+        if isinstance(data.get(which), dict) and "AP50" in data[which]:
+            return data[which], which
+    return data, "model"
+
+
+def load_run(path: str, group_by: str = "auto") -> Run:
+    """Read one run folder (``config.yaml`` optional, ``eval/*.json`` required)."""
+    config = _read_config(path)
+    eval_dir = os.path.join(path, "eval")
+    results, evaluated = {}, {}
+    tests = list((config.get("DATASETS") or {}).get("TEST") or [])
+    fnames = sorted((f for f in os.listdir(eval_dir) if f.endswith(".json")),  # DATASETS.TEST order, then the rest
+                    key=lambda f: (tests.index(f[:-5]) if f[:-5] in tests else len(tests), f))
+    for fname in fnames:
+        with open(os.path.join(eval_dir, fname), encoding="utf-8") as f:
+            data = json.load(f)  # Python's json reads the NaN that evaluate() writes for undefined classes
+        result, which = _pick_model(data)
+        if "AP50" not in result:
+            raise ValueError(f"{os.path.join(eval_dir, fname)}: no AP50 (keys: {sorted(data)})")
+        dataset = fname[:-len(".json")]
+        results[dataset], evaluated[dataset] = result, which
+    if not results:
+        raise FileNotFoundError(f"{eval_dir}: no <dataset>.json results")
+    return Run(path=path, method=method_of(path, config, group_by), results=results, evaluated=evaluated,
+               config=config)
+
+
+def load_runs(paths: Sequence[str], group_by: str = "auto") -> list[Run]:
+    """:func:`load_run` for every run folder in ``paths`` (see :func:`find_run_dirs`)."""
+    return [load_run(p, group_by) for p in find_run_dirs(paths)]
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------------
+def _finite(values: Iterable[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else float("nan")
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample standard deviation (ddof 1); NaN for fewer than two values."""
+    if len(values) < 2:
+        return float("nan")
+    m = _mean(values)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _evaluated_label(labels: list[str]) -> str:
+    kinds = sorted(set(labels))
+    if len(kinds) == 1:
+        return kinds[0]
+    return ", ".join(f"{k} ({labels.count(k)}/{len(labels)})" for k in kinds)
+
+
+def summarize(runs: Sequence[Run]) -> dict[str, list[MethodSummary]]:
+    """``{dataset: [MethodSummary, ...]}``; datasets and methods in the order first met in ``runs``.
+
+    A run whose AP50 is NaN (no class with ground truth) is left out of that dataset's mean.
+    """
+    order: dict[str, dict[str, list[Run]]] = {}
+    for run in runs:
+        for dataset in run.results:
+            order.setdefault(dataset, {}).setdefault(run.method, []).append(run)
+    summary = {}
+    for dataset, methods in order.items():
+        rows = []
+        for method, group in methods.items():
+            aps = _finite(r.results[dataset]["AP50"] for r in group)
+            classes = list(dict.fromkeys(c for r in group for c in r.results[dataset].get("per_class", {})))
+            per_class = {c: _mean(_finite(r.results[dataset].get("per_class", {}).get(c) for r in group))
+                         for c in classes}
+            rows.append(MethodSummary(method=method, dataset=dataset, ap_values=aps, ap_mean=_mean(aps),
+                                      ap_std=_std(aps), per_class=per_class,
+                                      evaluated=_evaluated_label([r.evaluated[dataset] for r in group]),
+                                      runs=[r.path for r in group]))
+        summary[dataset] = rows
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+def format_ap(mean: float, std: float, n: int, digits: int = 1) -> str:
+    """``"48.3 ±1.2 (n=3)"``; just ``"48.3"`` with one run; ``"n/a"`` when undefined."""
+    if not math.isfinite(mean):
+        return "n/a"
+    if n < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ±{std:.{digits}f} (n={n})"
+
+
+def to_markdown(summary: dict[str, list[MethodSummary]], digits: int = 1) -> str:
+    """One markdown table per dataset: method, mAP (mean ± std over seeds), evaluated model, per-class means."""
+    blocks = []
+    for dataset, rows in summary.items():
+        classes = list(dict.fromkeys(c for row in rows for c in row.per_class))
+        header = ["method", "mAP (AP50)", "evaluated"] + classes
+        lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |",
+                 "|" + "|".join(["---"] + ["---:"] + ["---"] + ["---:"] * len(classes)) + "|"]
+        for row in rows:
+            cells = [row.method, format_ap(row.ap_mean, row.ap_std, row.n, digits), row.evaluated]
+            for c in classes:
+                v = row.per_class.get(c, float("nan"))
+                cells.append(f"{v:.{digits}f}" if math.isfinite(v) else "n/a")
+            lines.append("| " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def plot(summary: dict[str, list[MethodSummary]], path: str, *, title: Optional[str] = None) -> str:
+    """Grouped bar chart (one group per dataset, one bar per method, error bars = std over seeds) -> PNG.
+
+    Draws on a standalone Agg canvas, so it neither needs a display nor touches pyplot's global state.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = list(summary)
+    methods = list(dict.fromkeys(row.method for rows in summary.values() for row in rows))
+    fig = Figure(figsize=(max(6.0, 1.2 + len(datasets) * (0.5 + 0.35 * len(methods))), 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(methods), 1)
+    for k, method in enumerate(methods):
+        xs, means, errs = [], [], []
+        for d, dataset in enumerate(datasets):
+            row = next((r for r in summary[dataset] if r.method == method), None)
+            if row is None or not math.isfinite(row.ap_mean):
+                continue
+            xs.append(d - 0.4 + width * (k + 0.5))
+            means.append(row.ap_mean)
+            errs.append(row.ap_std if math.isfinite(row.ap_std) else 0.0)  # one seed: no error bar
+        ax.bar(xs, means, width * 0.9, label=method)
+        with_err = [i for i, e in enumerate(errs) if e > 0]
+        if with_err:
+            ax.errorbar([xs[i] for i in with_err], [means[i] for i in with_err], yerr=[errs[i] for i in with_err],
+                        fmt="none", ecolor="black", elinewidth=1, capsize=3)
+        for x, m, e in zip(xs, means, errs):
+            ax.annotate(f"{m:.1f}", (x, m + e), xytext=(0, 2), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=7)
+    ax.set_xticks(range(len(datasets)))
+    crowded = len(datasets) > 3
+    ax.set_xticklabels(datasets, rotation=15 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_ylabel("AP50 (%)  mean ± std over seeds")
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
