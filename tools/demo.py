@@ -25,7 +25,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUPERVISED = ("baseline", "uniform", "noise", "lossmix")
 ADAPTATION = {"at": "baseline", "at_lossmix": "lossmix"}  # DA run -> the supervised run it starts from
-ADAPT_ITERS = 40
+ADAPT_ITERS = 30
 NUM_TEST = 100  # test images per domain (the generator's default is 150)
 
 
@@ -60,9 +60,9 @@ def main():
         run(os.path.join(REPO, "configs", "quickstart", f"synthetic_{name}.yaml"), out, args.opts, args.force)
         runs.append(out)
     if not args.skip_adaptation:
-        for name, start in ADAPTATION.items():
+        for name, base in ADAPTATION.items():
             out = os.path.join(args.output, f"synthetic_{name}")
-            init = os.path.join(args.output, f"synthetic_{start}", "model_final.pth")
+            init = os.path.join(args.output, f"synthetic_{base}", "model_final.pth")
             opts = ["MODEL.WEIGHTS", init, "DA.BURN_IN_ITERS", "0", "SOLVER.MAX_ITER", str(ADAPT_ITERS),
                     "SOLVER.WARMUP_ITERS", "0", *args.opts]
             run(os.path.join(REPO, "configs", "quickstart", f"synthetic_{name}.yaml"), out, opts, args.force)
