@@ -16,7 +16,6 @@ Runs whose evaluation already exists are reused (``--force`` retrains). Any ``KE
 the options is passed to every run, e.g. ``SOLVER.MAX_ITER 50`` for a quicker look.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys

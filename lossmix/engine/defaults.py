@@ -40,17 +40,22 @@ def _ddp(model, device):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
 
 
+def write_eval(cfg, dataset_name: str, result) -> None:
+    """``OUTPUT_DIR/eval/<dataset_name>.json`` (main process only)."""
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        os.makedirs(os.path.join(cfg.OUTPUT_DIR, "eval"), exist_ok=True)
+        with open(os.path.join(cfg.OUTPUT_DIR, "eval", f"{dataset_name}.json"), "w") as f:
+            json.dump(result, f, indent=1)
+
+
 def evaluate(cfg, model, device, dataset_names=None) -> dict:
     """Evaluate on ``DATASETS.TEST`` (or the given names); writes ``OUTPUT_DIR/eval/<name>.json``."""
     results = {}
     for name in dataset_names or cfg.DATASETS.TEST:
         result = inference_on_dataset(model, build_test_loader(cfg, name), build_evaluator(cfg, name), device)
+        write_eval(cfg, name, result)
         if comm.is_main_process():
             results[name] = result
-            if cfg.OUTPUT_DIR:
-                os.makedirs(os.path.join(cfg.OUTPUT_DIR, "eval"), exist_ok=True)
-                with open(os.path.join(cfg.OUTPUT_DIR, "eval", f"{name}.json"), "w") as f:
-                    json.dump(result, f, indent=1)
     return results
 
 

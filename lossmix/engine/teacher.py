@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 from typing import Callable, Optional, Sequence
@@ -45,7 +44,7 @@ from ..modeling.build import build_detector
 from ..modeling.discriminator import ImageDomainDiscriminator, capture_feature, domain_loss
 from ..utils import comm
 from .checkpoint import Checkpointer, unwrap
-from .defaults import _ddp
+from .defaults import _ddp, write_eval
 from .inference import build_evaluator, images_to_device, inference_on_dataset
 from .schedule import build_optimizer, build_scheduler
 from .trainer import Trainer, resolve_device, targets_to_device
@@ -283,12 +282,9 @@ def evaluate_da(cfg, student: nn.Module, teacher: Optional[nn.Module], device, d
         for role, model in (("teacher", teacher), ("student", unwrap(student))):
             pair[role] = None if model is None else inference_on_dataset(
                 model, build_test_loader(cfg, name), build_evaluator(cfg, name), device)
+        write_eval(cfg, name, pair)
         if comm.is_main_process():
             results[name] = pair
-            if cfg.OUTPUT_DIR:
-                os.makedirs(os.path.join(cfg.OUTPUT_DIR, "eval"), exist_ok=True)
-                with open(os.path.join(cfg.OUTPUT_DIR, "eval", f"{name}.json"), "w") as f:
-                    json.dump(pair, f, indent=1)
     return results
 
 

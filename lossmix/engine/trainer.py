@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -52,12 +51,15 @@ class MetricsWriter:
 
 
 @contextlib.contextmanager
-def save_on_signal(on_signal: Callable[[int], None]):
-    """Turn SIGINT / SIGTERM into ``on_signal(signum)`` then :class:`TrainingInterrupted` (main thread only)."""
+def signals_received():
+    """Record SIGINT / SIGTERM in the yielded list instead of dying mid-step (main thread only).
+
+    The loop checks the list after each step, saves a checkpoint and raises :class:`TrainingInterrupted`.
+    """
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield []
         return
     received = []
 
@@ -162,7 +164,7 @@ class Trainer:
         bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
                    disable=not comm.is_main_process() or self.max_iter == self.start_iter)
         start = time.perf_counter()
-        with save_on_signal(lambda s: None) as received:
+        with signals_received() as received:
             data_iter = iter(self.data_loader)
             for self.iter in range(self.start_iter, self.max_iter):
                 values = self.run_step(next(data_iter))

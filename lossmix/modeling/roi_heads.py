@@ -15,10 +15,10 @@ from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from .losses import weighted_fastrcnn_loss
-from .targets import FORMULATIONS, LossTerm, instance_weights, per_sample_weights, split_by_source
+from .targets import LossTerm, WeightedLossMixin, instance_weights, per_sample_weights, split_by_source
 
 
-class WeightedRoIHeads(RoIHeads):
+class WeightedRoIHeads(WeightedLossMixin, RoIHeads):
     """``RoIHeads`` (boxes only) with per-instance loss weights.
 
     Args (beyond torchvision's): ``bg_weight`` — loss weight of background proposals;
@@ -29,21 +29,12 @@ class WeightedRoIHeads(RoIHeads):
         super().__init__(*args, **kwargs)
         self.configure(bg_weight=bg_weight, formulation=formulation)
 
-    def configure(self, *, bg_weight: float, formulation: str) -> None:
-        if formulation not in FORMULATIONS:
-            raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
-        self.bg_weight = float(bg_weight)
-        self.formulation = formulation
-
     @classmethod
-    def from_roi_heads(cls, heads: RoIHeads, **kwargs) -> "WeightedRoIHeads":
+    def from_roi_heads(cls, heads: RoIHeads, **settings) -> "WeightedRoIHeads":
         """Reuse a built torchvision ``RoIHeads``' modules and settings (shares its parameters)."""
         if heads.has_mask() or heads.has_keypoint():
             raise NotImplementedError("weighted losses cover the box head only (no mask / keypoint heads)")
-        new = cls.__new__(cls)
-        new.__dict__.update(heads.__dict__)
-        new.configure(bg_weight=kwargs.get("bg_weight", 1.0), formulation=kwargs.get("formulation", "instance"))
-        return new
+        return cls.adopt(heads, **settings)
 
     def _instance_terms(self, targets, matched_idxs, labels) -> list[LossTerm]:
         terms = []

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from .losses import weighted_box_loss, weighted_objectness_loss
-from .targets import FORMULATIONS, LossTerm, instance_weights, per_sample_weights, split_by_source
+from .targets import LossTerm, WeightedLossMixin, instance_weights, per_sample_weights, split_by_source
 
 
 @dataclass
@@ -27,7 +27,7 @@ class AnchorAssignment:
     terms: list[LossTerm]
 
 
-class WeightedRPN(RegionProposalNetwork):
+class WeightedRPN(WeightedLossMixin, RegionProposalNetwork):
     """``RegionProposalNetwork`` with per-instance loss weights; see module docstring.
 
     Args (beyond torchvision's): ``bg_weight`` — loss weight of background anchors;
@@ -38,19 +38,10 @@ class WeightedRPN(RegionProposalNetwork):
         super().__init__(*args, **kwargs)
         self.configure(bg_weight=bg_weight, formulation=formulation)
 
-    def configure(self, *, bg_weight: float, formulation: str) -> None:
-        if formulation not in FORMULATIONS:
-            raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
-        self.bg_weight = float(bg_weight)
-        self.formulation = formulation
-
     @classmethod
-    def from_rpn(cls, rpn: RegionProposalNetwork, **kwargs) -> "WeightedRPN":
+    def from_rpn(cls, rpn: RegionProposalNetwork, **settings) -> "WeightedRPN":
         """Reuse a built torchvision RPN's modules and settings (shares its parameters)."""
-        new = cls.__new__(cls)
-        new.__dict__.update(rpn.__dict__)  # nn.Module state: submodules, matcher, sampler, NMS settings
-        new.configure(bg_weight=kwargs.get("bg_weight", 1.0), formulation=kwargs.get("formulation", "instance"))
-        return new
+        return cls.adopt(rpn, **settings)
 
     def label_anchors(self, gt_boxes: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
         """torchvision's anchor labelling, keeping the matched indices.

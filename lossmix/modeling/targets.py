@@ -62,3 +62,24 @@ def split_by_source(target: dict) -> tuple[float, Tensor, Tensor]:
     else:
         partner = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     return lam, torch.where(~partner)[0], torch.where(partner)[0]
+
+
+class WeightedLossMixin:
+    """Settings shared by the weighted RPN and ROI heads, and adoption of a built torchvision head."""
+
+    bg_weight: float
+    formulation: str
+
+    def configure(self, *, bg_weight: float = 1.0, formulation: str = "instance") -> None:
+        if formulation not in FORMULATIONS:
+            raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
+        self.bg_weight = float(bg_weight)
+        self.formulation = formulation
+
+    @classmethod
+    def adopt(cls, head, **settings):
+        """An instance of ``cls`` reusing a built torchvision head's modules and settings (shares its parameters)."""
+        new = cls.__new__(cls)
+        new.__dict__.update(head.__dict__)  # nn.Module state: submodules, matcher, sampler, thresholds
+        new.configure(**settings)
+        return new
