@@ -23,16 +23,14 @@ augmentation's colour operations assume RGB).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..utils import comm
 from .augment import StrongAugment
-from .loader import BadSampleLog, TrainDataset, TrainPositions, _worker_init, get_dataset_dicts
+from .loader import TrainDataset, bad_sample_log, get_dataset_dicts, infinite_loader, local_batch_size
 from .mapper import LossMixDatasetMapper, to_model_input
 
 SOURCE_PAIR_STREAM = 1  # pair_rng stream of the source-side mixing (loader)
@@ -164,14 +162,10 @@ def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = No
     target images come with them.
     """
     world = comm.get_world_size()
-    if local_batch is None:
-        if cfg.SOLVER.IMS_PER_BATCH % world:
-            raise ValueError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the "
-                             f"{world} processes")
-        local_batch = cfg.SOLVER.IMS_PER_BATCH // world
+    local_batch = local_batch or local_batch_size(cfg)
     pairs = active_pairs(cfg)
     mapper = LossMixDatasetMapper.from_config(cfg, is_train=True)
-    bad_log = BadSampleLog(os.path.join(cfg.OUTPUT_DIR, "bad_samples.jsonl") if cfg.OUTPUT_DIR else None)
+    bad_log = bad_sample_log(cfg)
     source = TrainDataset(
         get_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
         mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
@@ -184,19 +178,9 @@ def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = No
     )
     dataset = DomainAdaptationDataset(source, target, global_batch=local_batch * world,
                                       target_from_iter=0 if "source_target" in pairs else cfg.DA.BURN_IN_ITERS)
-    workers = cfg.DATALOADER.NUM_WORKERS
-    return DataLoader(
-        dataset,
-        batch_size=local_batch,
-        sampler=TrainPositions(local_batch, start_iter),
-        num_workers=workers,
-        collate_fn=DomainAdaptationCollate(mapper, seed=cfg.SEED, local_batch=local_batch, world_size=world,
-                                           source_pairs=pairs),
-        worker_init_fn=_worker_init if workers else None,
-        persistent_workers=workers > 0,
-        prefetch_factor=2 if workers else None,
-        generator=torch.Generator().manual_seed(cfg.SEED),  # keeps the global torch RNG (model sampling) untouched
-    )
+    collate = DomainAdaptationCollate(mapper, seed=cfg.SEED, local_batch=local_batch, world_size=world,
+                                      source_pairs=pairs)
+    return infinite_loader(cfg, dataset, collate, local_batch=local_batch, start_iter=start_iter)
 
 
 __all__ = ["TwoViewMapper", "DomainAdaptationDataset", "DomainAdaptationCollate", "build_da_loader", "pair_rng",

@@ -147,31 +147,43 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
-def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, dataset_names=None,
-                       start_iter: int = 0, local_batch: Optional[int] = None) -> DataLoader:
-    """An infinite loader of lists of model inputs for this rank."""
-    dicts = get_dataset_dicts(dataset_names or cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-    mapper = mapper or LossMixDatasetMapper.from_config(cfg, is_train=True)
-    if local_batch is None:
-        world = comm.get_world_size()
-        if cfg.SOLVER.IMS_PER_BATCH % world:
-            raise ValueError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the {world} processes")
-        local_batch = cfg.SOLVER.IMS_PER_BATCH // world
-    bad_log = BadSampleLog(os.path.join(cfg.OUTPUT_DIR, "bad_samples.jsonl") if cfg.OUTPUT_DIR else None)
-    dataset = TrainDataset(dicts, mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
-                           with_partner=mapper.mixes and local_batch == 1)
+def local_batch_size(cfg) -> int:
+    """``SOLVER.IMS_PER_BATCH`` split over the processes (it must divide evenly)."""
+    world = comm.get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the {world} processes")
+    return cfg.SOLVER.IMS_PER_BATCH // world
+
+
+def bad_sample_log(cfg) -> BadSampleLog:
+    return BadSampleLog(os.path.join(cfg.OUTPUT_DIR, "bad_samples.jsonl") if cfg.OUTPUT_DIR else None)
+
+
+def infinite_loader(cfg, dataset: Dataset, collate_fn, *, local_batch: int, start_iter: int) -> DataLoader:
+    """The DataLoader over global sample positions from ``start_iter`` (shared by every training loader)."""
     workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(
         dataset,
         batch_size=local_batch,
         sampler=TrainPositions(local_batch, start_iter),
         num_workers=workers,
-        collate_fn=MixCollate(mapper, cfg.SEED),
+        collate_fn=collate_fn,
         worker_init_fn=_worker_init if workers else None,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers else None,
         generator=torch.Generator().manual_seed(cfg.SEED),  # keeps the global torch RNG (model sampling) untouched
     )
+
+
+def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, dataset_names=None,
+                       start_iter: int = 0, local_batch: Optional[int] = None) -> DataLoader:
+    """An infinite loader of lists of model inputs for this rank."""
+    dicts = get_dataset_dicts(dataset_names or cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    mapper = mapper or LossMixDatasetMapper.from_config(cfg, is_train=True)
+    local_batch = local_batch or local_batch_size(cfg)
+    dataset = TrainDataset(dicts, mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE,
+                           bad_log=bad_sample_log(cfg), with_partner=mapper.mixes and local_batch == 1)
+    return infinite_loader(cfg, dataset, MixCollate(mapper, cfg.SEED), local_batch=local_batch, start_iter=start_iter)
 
 
 class TestDataset(Dataset):

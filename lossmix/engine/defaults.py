@@ -8,7 +8,7 @@ import os
 import torch
 
 from ..config.setup import build_config
-from ..data.loader import BadSampleLog, build_test_loader, build_train_loader
+from ..data.loader import bad_sample_log, build_test_loader, build_train_loader
 from ..modeling.build import build_detector
 from ..utils import comm
 from .checkpoint import Checkpointer
@@ -80,7 +80,7 @@ def train(cfg, *, resume: bool = False) -> dict:
     trainer = Trainer(cfg, ddp_model, optimizer, scheduler, loader, device=device, checkpointer=checkpointer,
                       start_iter=start_iter, evaluate=lambda: evaluate(cfg, model, device))
     summary = trainer.train()
-    summary["skipped_bad_samples"] = BadSampleLog(os.path.join(cfg.OUTPUT_DIR, "bad_samples.jsonl")).count()
+    summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
     if summary["skipped_bad_samples"]:
         logger.warning("%d bad samples were skipped; see %s/bad_samples.jsonl", summary["skipped_bad_samples"], cfg.OUTPUT_DIR)
     results = evaluate(cfg, model, device)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..data.adaptation import TARGET_PAIR_STREAM, active_pairs, build_da_loader, pair_rng
-from ..data.loader import BadSampleLog, build_test_loader
+from ..data.loader import bad_sample_log, build_test_loader
 from ..data.mapper import LossMixDatasetMapper, to_model_input
 from ..modeling.build import build_detector
 from ..modeling.discriminator import ImageDomainDiscriminator, capture_feature, domain_loss
@@ -329,7 +329,7 @@ def train_da(cfg, resume: bool = False) -> dict:
         evaluate=lambda: evaluate_da(cfg, student, teacher_if_ready(trainer.iter + 1), device),
     )
     summary = trainer.train()
-    summary["skipped_bad_samples"] = BadSampleLog(os.path.join(cfg.OUTPUT_DIR, "bad_samples.jsonl")).count()
+    summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
     results = evaluate_da(cfg, student, teacher_if_ready(cfg.SOLVER.MAX_ITER), device)
     return {"summary": summary, "results": results}
 
