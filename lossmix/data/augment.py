@@ -17,6 +17,8 @@ from typing import Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..structures import as_boxes
+
 __all__ = [
     "Geometry",
     "resize_shortest_edge",
@@ -30,15 +32,6 @@ __all__ = [
     "adjust_saturation",
     "adjust_hue",
 ]
-
-
-def _as_boxes(boxes) -> np.ndarray:
-    arr = np.asarray(boxes, dtype=np.float32)
-    if arr.size == 0:
-        return arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"boxes must have shape [N, 4], got {arr.shape}")
-    return arr
 
 
 def _shortest_edge_size(h: int, w: int, short: int, max_size: int) -> Tuple[int, int, float]:
@@ -82,7 +75,7 @@ def resize_shortest_edge(
     """
     if short <= 0:
         raise ValueError(f"short must be positive, got {short}")
-    boxes = _as_boxes(boxes)
+    boxes = as_boxes(boxes)
     h, w = img.shape[:2]
     out_h, out_w, scale = _shortest_edge_size(h, w, int(short), int(max_size))
     out, boxes = _resize(img, boxes, out_h, out_w)
@@ -101,7 +94,7 @@ def hflip(img: np.ndarray, boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
     Returns ``(image, boxes)``: a new contiguous ``H x W x 3`` uint8 array and float32 ``[N, 4]``.
     """
-    boxes = _as_boxes(boxes)
+    boxes = as_boxes(boxes)
     w = img.shape[1]
     out = np.ascontiguousarray(img[:, ::-1])
     flipped = boxes.copy()
@@ -129,7 +122,7 @@ def apply_geometry(img: np.ndarray, boxes: np.ndarray, geom: Geometry) -> Tuple[
         ``(image, boxes)``: ``out_h x out_w x 3`` uint8 RGB and float32 ``[N, 4]``. May return the
         input image object when nothing changes; never modifies it.
     """
-    boxes = _as_boxes(boxes)
+    boxes = as_boxes(boxes)
     img, boxes = _resize(img, boxes, int(geom.out_h), int(geom.out_w))
     if geom.flip:
         img, boxes = hflip(img, boxes)

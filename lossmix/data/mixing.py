@@ -23,6 +23,8 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
+from ..structures import as_boxes
+
 Patch = Tuple[int, int, int, int]
 
 MODES = ("none", "uniform", "noise", "lossmix")
@@ -303,15 +305,6 @@ def saliency_patch(
 # --------------------------------------------------------------------------------------------
 # boxes vs. patch
 # --------------------------------------------------------------------------------------------
-def _as_boxes(boxes, name: str = "boxes") -> np.ndarray:
-    arr = np.asarray(boxes, dtype=np.float32)
-    if arr.size == 0:
-        return arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{name} must have shape [N, 4], got {arr.shape}")
-    return arr
-
-
 def _intersection_fraction(boxes: np.ndarray, patch: Patch) -> Tuple[np.ndarray, np.ndarray]:
     """(clipped boxes float64 [N,4], area(box & patch) / area(box) float64 [N]; 0 for empty boxes)."""
     b = boxes.astype(np.float64)
@@ -348,7 +341,7 @@ def box_visible_fraction(boxes: np.ndarray, patch: Patch) -> np.ndarray:
     Returns:
         float32 ``[N]`` in ``[0, 1]``; boxes of zero area get 0 (nothing of them is visible).
     """
-    visible = _visible_fraction64(_as_boxes(boxes), patch)
+    visible = _visible_fraction64(as_boxes(boxes), patch)
     return visible.astype(np.float32)
 
 
@@ -364,7 +357,7 @@ def clip_boxes_to_patch(boxes: np.ndarray, patch: Patch) -> Tuple[np.ndarray, np
         patch becomes a zero-area box on the patch border) and float32 ``[N]`` in ``[0, 1]``, the
         part of each original box's area that lies in the patch (0 for zero-area boxes).
     """
-    boxes = _as_boxes(boxes)
+    boxes = as_boxes(boxes)
     clipped, kept = _intersection_fraction(boxes, patch)
     return clipped.astype(np.float32), kept.astype(np.float32)
 
@@ -404,7 +397,7 @@ def resize_to(img: np.ndarray, boxes: np.ndarray, height: int, width: int) -> Tu
         ``(image, boxes)``: ``height x width x 3`` uint8 and float32 ``[N, 4]``. When the size
         already matches, the input image object itself is returned (not copied).
     """
-    boxes = _as_boxes(boxes)
+    boxes = as_boxes(boxes)
     h, w = img.shape[:2]
     height, width = int(height), int(width)
     if (h, w) == (height, width):
@@ -423,7 +416,7 @@ def resize_to(img: np.ndarray, boxes: np.ndarray, height: int, width: int) -> Tu
 def _read_sample(sample: dict, name: str):
     img = sample["image"]
     _check_image(img, f"{name}['image']")
-    boxes = _as_boxes(sample["boxes"], f"{name}['boxes']")
+    boxes = as_boxes(sample["boxes"], f"{name}['boxes']")
     classes = np.asarray(sample["classes"], dtype=np.int64).reshape(-1)
     n = len(boxes)
     if len(classes) != n:
