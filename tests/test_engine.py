@@ -116,3 +116,15 @@ def test_consecutive_nan_steps_stop_training(names, tmp_path):
     assert last.endswith("model_0000004.pth")  # written after a skipped step: still the good weights
     state = torch.load(last, weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_build_detector_leaves_batchnorm_statistics_untouched():
+    # Issue 10: the level-count probe ran in train mode and moved running_var / num_batches_tracked.
+    cfg = tiny_cfg({"source_train": "unused", "source_test": "unused"}, "")
+    model = build_detector(cfg)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and model.backbone.training
+    for bn in bns:
+        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+        assert int(bn.num_batches_tracked) == 0

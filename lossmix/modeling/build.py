@@ -116,8 +116,10 @@ def build_detector(cfg) -> FasterRCNN:
         raise KeyError(f"MODEL.BACKBONE.NORM {norm!r} is unknown; choose one of {sorted(NORM_LAYERS)}")
     backbone = BACKBONES[name](NORM_LAYERS[norm], cfg.MODEL.BACKBONE.TRAINABLE_LAYERS,
                                list(cfg.MODEL.BACKBONE.RETURNED_LAYERS), cfg.MODEL.FPN.OUT_CHANNELS)
+    backbone.eval()  # the probe must not move BatchNorm running statistics
     with torch.no_grad():
         num_levels = len(backbone(torch.zeros(1, 3, 64, 64)))
+    backbone.train()
     featmaps = [str(i) for i in range(num_levels - 1)]  # every level but the "pool" one, as torchvision
 
     rpn, roi, head = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
