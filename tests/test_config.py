@@ -43,7 +43,7 @@ def test_unknown_override_names_it():
         ("LOSSMIX.PROB", "1.5", r"LOSSMIX.PROB = 1.5; allowed: a number in \[0, 1\]"),
         ("SOLVER.MAX_ITER", "-1", r"SOLVER.MAX_ITER = -1; allowed: >= 0"),
         ("LOSSMIX.MODE", "mixall", r"LOSSMIX.MODE = 'mixall'; allowed: none, uniform, noise, lossmix"),
-        ("MODEL.BACKBONE.NAME", "R7-FPN", r"MODEL.BACKBONE.NAME = 'R7-FPN'; allowed: .*R50-FPN"),
+        ("LOSSMIX.OFF_LAST_ITERS", "-1", r"LOSSMIX.OFF_LAST_ITERS = -1; allowed: >= 0"),
         ("LOSSMIX.NOISE_RANGE", "(0.3, 0.1)", r"NOISE_RANGE"),
         ("SOLVER.STEPS", "(10, 5)", r"SOLVER.STEPS"),
     ],
@@ -89,3 +89,19 @@ def test_every_key_is_read():
         if not (re.search(r"\." + leaf + r"\b", text) or f'"{key}"' in text):
             dead.append(key)
     assert dead == []
+
+
+def test_names_are_checked_by_their_registries():
+    """MODEL.BACKBONE.NAME / NORM and RECIPE are validated where the names are registered, not in config/."""
+    from lossmix.engine.recipes import get_recipe
+    from lossmix.modeling.build import make_detector
+
+    cfg = build_config("", ["MODEL.BACKBONE.NAME", "R7-FPN", "RECIPE", "nope"])  # config/ does not know the names
+    with pytest.raises(KeyError, match=r"MODEL.BACKBONE.NAME = 'R7-FPN' is not registered; allowed: .*R50-FPN"):
+        make_detector(backbone=cfg.MODEL.BACKBONE.NAME)
+    with pytest.raises(KeyError, match=r"MODEL.BACKBONE.NORM = 'XN'.*FrozenBN"):
+        make_detector(backbone="R18-FPN", norm="XN")
+    with pytest.raises(KeyError, match=r"RECIPE = 'nope'.*adaptive_teacher, supervised"):
+        get_recipe(cfg.RECIPE)
+    setup_source = open(os.path.join(REPO, "lossmix", "config", "setup.py")).read()
+    assert "modeling" not in setup_source

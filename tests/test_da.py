@@ -13,10 +13,11 @@ from lossmix.data.adaptation import DomainAdaptationCollate, TwoViewMapper, acti
 from lossmix.data.augment import StrongAugment
 from lossmix.data.catalog import DatasetCatalog
 from lossmix.data.mapper import LossMixDatasetMapper
-from lossmix.engine.checkpoint import Checkpointer
-from lossmix.engine.teacher import (TeacherStudentTrainer, build_pseudo_inputs, ema_update, filter_pseudo_labels,
-                                    make_teacher, train_da)
-from lossmix.modeling.build import build_detector
+from lossmix.data.mixer import Mixer
+from lossmix.engine.ema import ema_update, make_teacher
+from lossmix.engine.pseudo_labels import build_pseudo_inputs, filter_pseudo_labels
+from lossmix.engine.recipes.adaptive_teacher import AdaptiveTeacherRecipe
+from lossmix.engine.run import run as train_da
 from lossmix.modeling.discriminator import ImageDomainDiscriminator, capture_feature, grad_reverse
 
 from .helpers import make_tiny_dataset, tiny_cfg
@@ -149,14 +150,14 @@ def _sample(value, boxes, position=None):
     return out
 
 
-def _lossmix_mapper(mode="lossmix"):
-    return LossMixDatasetMapper(min_sizes=(40,), max_size=100, mode=mode, method="mixup", alpha=1.0, prob=1.0)
+def _lossmix_mixer(mode="lossmix"):
+    return Mixer(mode=mode, method="mixup", alpha=1.0, prob=1.0)
 
 
 def _collate(pairs, mode="lossmix"):
     sources = [_sample(10, [[1, 1, 20, 20], [5, 5, 30, 30]], 0), _sample(60, [[2, 3, 10, 12]], 1)]
     target = {"weak": _sample(200, []), "strong": _sample(220, []), "position": 0}
-    collate = DomainAdaptationCollate(_lossmix_mapper(mode), seed=0, local_batch=2, world_size=1, source_pairs=pairs)
+    collate = DomainAdaptationCollate(_lossmix_mixer(mode), source_pairs=pairs)
     return collate([{"source": s, "target": dict(target, position=j)} for j, s in enumerate(sources)])
 
 
@@ -200,8 +201,8 @@ def test_target_target_mixing_weighs_pseudo_labels_by_lambda_times_score(by_scor
         {"boxes": np.array([[3, 4, 25, 35]], np.float32), "classes": np.array([2]),
          "scores": np.array([0.8], np.float32)},
     ]
-    inputs = build_pseudo_inputs(views, pseudo, mapper=_lossmix_mapper(), mix=True, weight_by_score=by_score,
-                                 box_weight=0.0, rng_for_slot=lambda j: np.random.default_rng(j))
+    inputs = build_pseudo_inputs(views, pseudo, positions=[0, 1], mixer=_lossmix_mixer(), mix=True,
+                                 weight_by_score=by_score, box_weight=0.0)
     score = (lambda s: np.asarray(s)) if by_score else (lambda s: np.ones(len(s)))
     for j, inp in enumerate(inputs):
         t, other = inp["target"], 1 - j
@@ -217,14 +218,9 @@ def test_target_target_mixing_weighs_pseudo_labels_by_lambda_times_score(by_scor
 def test_pseudo_box_weight_zero_computes_no_box_regression(names, tmp_path, monkeypatch):
     cfg = tiny_cfg(names, tmp_path, **_da_opts(names, **{"LOSSMIX.MODE": "none"}))
     torch.manual_seed(0)
-    student = build_detector(cfg)
-    teacher = make_teacher(student)
-    disc = ImageDomainDiscriminator.from_config(cfg, in_channels=student.backbone.out_channels)
+    trainer = AdaptiveTeacherRecipe.from_config(cfg, device=torch.device("cpu"))
     assert next(iter(build_da_loader(cfg, start_iter=0)))["target"] == []  # no target decoding during burn-in
     batch = next(iter(build_da_loader(cfg, start_iter=cfg.DA.BURN_IN_ITERS)))
-    trainer = TeacherStudentTrainer(cfg, student, teacher, disc, torch.optim.SGD(student.parameters(), lr=0.0), None,
-                                    None, device=torch.device("cpu"), checkpointer=Checkpointer(str(tmp_path)),
-                                    start_iter=cfg.DA.BURN_IN_ITERS)
     inputs = trainer.pseudo_label(batch["target"])
     assert sum(len(i["target"]["boxes"]) for i in inputs) > 0
     import lossmix.modeling.losses as losses
@@ -264,7 +260,7 @@ def test_da_runs_end_to_end(names, full_run):
         assert rows[it]["loss_dis_source"] > 0 and rows[it]["loss_dis_target"] > 0
         assert rows[it]["loss_classifier_pseudo"] > 0 and rows[it]["pseudo_labels_per_image"] > 0
         assert rows[it]["loss_box_reg_pseudo"] == 0 and rows[it]["loss_rpn_box_reg_pseudo"] == 0
-    with open(folder / "eval" / f"{names['clipart_test']}.json") as f:
+    with open(folder / "eval" / f"{names['clipart_test']}.json") as f:  # {role: result}
         saved = json.load(f)
     assert set(saved) == {"teacher", "student"} and saved["student"]["num_images"] == 2
     returned = result["results"][names["clipart_test"]]

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lossmix.engine.checkpoint import Checkpointer
-from lossmix.engine.defaults import train
+from lossmix.engine.recipes.supervised import SupervisedRecipe
+from lossmix.engine.run import run as train
 from lossmix.engine.schedule import build_optimizer, build_scheduler, lr_factor
 from lossmix.engine.trainer import NonFiniteLossError, Trainer
 from lossmix.modeling.build import build_detector
@@ -40,11 +41,14 @@ def test_training_reduces_loss_on_a_repeated_batch(names, tmp_path):
 
     batch = next(iter(build_train_loader(cfg)))
     opt = build_optimizer(cfg, model)
-    trainer = Trainer(cfg, model, opt, build_scheduler(cfg, opt), iter(lambda: batch, None), device=torch.device("cpu"),
-                      checkpointer=Checkpointer(str(tmp_path), model=model))
+    cpu = torch.device("cpu")
+    trainer = Trainer.from_config(cfg, recipe=SupervisedRecipe(model=model, device=cpu), optimizer=opt,
+                                  scheduler=build_scheduler(cfg, opt), data_loader=iter(lambda: batch, None), device=cpu,
+                                  checkpointer=Checkpointer(str(tmp_path), model=model))
     trainer.train()
-    losses = [h["total_loss"] for h in trainer.history]
-    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+    assert not hasattr(trainer, "history")  # nothing per iteration is kept in memory: metrics.jsonl has it
+    losses = [row["total_loss"] for _, row in sorted(_metrics(tmp_path).items())]
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
 
 
 def test_resume_continues_at_the_right_iteration_with_the_same_lr_and_losses(names, tmp_path):
@@ -59,7 +63,9 @@ def test_resume_continues_at_the_right_iteration_with_the_same_lr_and_losses(nam
         assert cut[it]["lr"] == pytest.approx(full[it]["lr"], rel=1e-12)
         assert cut[it]["total_loss"] == pytest.approx(full[it]["total_loss"], rel=1e-5), it
     assert cut[6]["lr"] == pytest.approx(0.01 * 0.1)  # past SOLVER.STEPS (4)
-    assert result["results"][names["source_test"]]["num_images"] == 3
+    assert result["results"][names["source_test"]]["model"]["num_images"] == 3
+    saved = json.loads((cut_dir / "eval" / f"{names['source_test']}.json").read_text())
+    assert saved["model"]["num_images"] == 3  # eval files have the one shape {role: result}
 
 
 class _NanAt(torch.nn.Module):
@@ -83,8 +89,10 @@ def _nan_trainer(names, tmp_path, bad, **extra):
     opt = build_optimizer(cfg, model)
     from lossmix.data.loader import build_train_loader
 
-    return Trainer(cfg, model, opt, build_scheduler(cfg, opt), build_train_loader(cfg), device=torch.device("cpu"),
-                   checkpointer=Checkpointer(str(tmp_path), model=model.model))
+    cpu = torch.device("cpu")
+    return Trainer.from_config(cfg, recipe=SupervisedRecipe(model=model, device=cpu), optimizer=opt,
+                               scheduler=build_scheduler(cfg, opt), data_loader=build_train_loader(cfg), device=cpu,
+                               checkpointer=Checkpointer(str(tmp_path), model=model.model))
 
 
 def test_nan_step_is_skipped_and_counted(names, tmp_path):
@@ -92,7 +100,7 @@ def test_nan_step_is_skipped_and_counted(names, tmp_path):
     params_before = None
 
     def snapshot():
-        return [p.detach().clone() for p in trainer.model.parameters()]
+        return [p.detach().clone() for p in trainer.recipe.trainable.parameters()]
 
     data = iter(trainer.data_loader)
     for trainer.iter in range(4):

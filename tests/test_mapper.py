@@ -5,6 +5,7 @@ import torch
 from lossmix.data.catalog import DatasetCatalog
 from lossmix.data.loader import MixCollate, TrainDataset, TrainPositions
 from lossmix.data.mapper import LossMixDatasetMapper, to_model_input
+from lossmix.data.mixer import Mixer
 
 from .helpers import make_tiny_dataset
 
@@ -16,7 +17,7 @@ def dicts(tmp_path_factory):
 
 
 def _mapper(**kw):
-    return LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, flip_prob=0.5, **kw)
+    return LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, flip_prob=0.5, mixer=Mixer(**kw))
 
 
 def _equal(a, b):
@@ -83,7 +84,7 @@ def test_prob_zero_equals_no_mixing(dicts):
 
 def test_loader_stream_depends_only_on_seed_and_position(dicts):
     m = _mapper(mode="lossmix", method="cutmix", min_visible=0.1)
-    collate = MixCollate(m, seed=5)
+    collate = MixCollate(Mixer(mode="lossmix", method="cutmix", min_visible=0.1, seed=5))
 
     def batches(start_iter, n, seed=5):
         ds = TrainDataset(dicts, m, seed=seed)

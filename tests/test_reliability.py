@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lossmix.data.errors import BadSampleError
-from lossmix.engine.defaults import train
+from lossmix.engine.run import run as train
 
 from .helpers import REPO, make_tiny_dataset, tiny_cfg, tiny_opts
 

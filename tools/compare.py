@@ -57,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def train_runs(configs, seeds, output_root, opts, skip_existing=False) -> list[str]:
     """Train every config for every seed in this process; returns the run folders."""
     from lossmix.config.setup import build_config
-    from lossmix.engine.defaults import setup, train
+    from lossmix.engine.defaults import setup
+    from lossmix.engine.run import run
 
     stems = [os.path.splitext(os.path.basename(c))[0] for c in configs]
     if len(set(stems)) != len(stems):
@@ -72,13 +73,7 @@ def train_runs(configs, seeds, output_root, opts, skip_existing=False) -> list[s
                 print(f"[compare] {out}: results exist, skipped", file=sys.stderr)
             else:
                 print(f"[compare] training {config} seed {seed} -> {out}", file=sys.stderr)
-                cfg = setup(config, run_opts)
-                if cfg.get("DA") is not None and cfg.DA.ENABLED:  # teacher-student adaptation, as train_net does
-                    from lossmix.engine.teacher import train_da
-
-                    train_da(cfg)
-                else:
-                    train(cfg)
+                run(setup(config, run_opts))
             run_dirs.append(out)
     return run_dirs
 

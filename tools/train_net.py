@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train or evaluate a detector: parse args -> setup -> main -> launch.
+"""Train or evaluate a detector: parse args -> setup -> run (the recipe the config names) -> print.
 
     python tools/train_net.py --config-file configs/faster_rcnn_r50_lossmix.yaml
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
@@ -28,25 +28,17 @@ def parse_args(argv=None):
 
 
 def main(args):
-    from lossmix.engine.defaults import evaluate_only, setup, train
+    from lossmix.engine.defaults import setup
+    from lossmix.engine.run import run
     from lossmix.evaluation import format_table
     from lossmix.utils import comm
 
     cfg = setup(args.config_file, args.opts)
-    if args.eval_only:
-        results = evaluate_only(cfg)
-    elif cfg.DA.ENABLED:  # teacher-student domain adaptation: {name: {"teacher": result, "student": result}}
-        from lossmix.engine.teacher import train_da
-
-        results = train_da(cfg, resume=args.resume)["results"]
-    else:
-        results = train(cfg, resume=args.resume)["results"]
+    results = run(cfg, resume=args.resume, eval_only=args.eval_only)["results"]  # {dataset: {role: result}}
     if comm.is_main_process():
-        for name, result in results.items():
-            roles = result.items() if cfg.DA.ENABLED and not args.eval_only else [("", result)]
-            for role, r in roles:
-                label = f"{name} ({role})" if role else name
-                print(f"\n{label}:\n{format_table(r) if r and 'per_class' in r else r}")
+        for name, per_role in results.items():
+            for role, r in per_role.items():
+                print(f"\n{name} ({role}):\n{format_table(r) if r and 'per_class' in r else r}")
     return results
 
 

@@ -85,6 +85,7 @@ _C.LOSSMIX.PROB = 1.0  # probability that a training sample is mixed
 _C.LOSSMIX.NOISE_RANGE = (0.0, 0.1)  # partner blend weight range for MODE noise
 _C.LOSSMIX.MIN_VISIBLE = 0.1  # patch methods: instances whose visible fraction is below this are dropped
 _C.LOSSMIX.BG_WEIGHT = 1.0  # loss weight of background anchors / proposals
+_C.LOSSMIX.OFF_LAST_ITERS = 0  # mixing switched off for the last N training iterations (as GluonCV / YOLOX stop mixing for the last epochs); 0 = mix to the end
 _C.LOSSMIX.FORMULATION = "instance"  # instance (per-instance weights) | interpolate (lambda*L(x,A) + (1-lambda)*L(x,B))
 
 # ---------------------------------------------------------------------------- solver
@@ -108,16 +109,17 @@ _C.TEST = CfgNode()
 _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
 _C.TEST.METRIC = "auto"  # auto (from dataset metadata) | voc_area | voc07 | coco
 
+_C.RECIPE = "auto"  # training recipe registered in lossmix.engine.recipes (supervised, adaptive_teacher); auto = adaptive_teacher when DA.ENABLED, else supervised
 _C.OUTPUT_DIR = "./output"  # run folder: checkpoints, metrics.jsonl, eval/, config.yaml
 _C.SEED = 0  # seeds data order, mixing draws and weight init (per rank)
 _C.LOG_PERIOD = 20  # iterations between metrics.jsonl rows
 
 
 # ---------------------------------------------------------------------------- domain adaptation
-# Adaptive Teacher (Li et al., CVPR 2022) with LossMix domain mixing: lossmix.engine.teacher.
+# Adaptive Teacher (Li et al., CVPR 2022) with LossMix domain mixing: lossmix.engine.recipes.adaptive_teacher.
 # Each iteration takes SOLVER.IMS_PER_BATCH source images plus as many DATASETS.TRAIN_UNLABELED images.
 _C.DA = CfgNode()
-_C.DA.ENABLED = False  # train with the student / EMA-teacher loop (tools/train_net.py dispatches to train_da)
+_C.DA.ENABLED = False  # train with the student / EMA-teacher recipe (RECIPE auto picks adaptive_teacher)
 _C.DA.BURN_IN_ITERS = 20000  # source-only iterations; the teacher is then copied from the student
 _C.DA.EMA_DECAY = 0.9996  # after burn-in, every step: teacher = decay * teacher + (1 - decay) * student
 _C.DA.PSEUDO_THRESHOLD = 0.8  # teacher detections with score >= this become pseudo-labels

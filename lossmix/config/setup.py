@@ -18,7 +18,7 @@ _PROBABILITIES = ("LOSSMIX.PROB", "INPUT.RANDOM_FLIP", "LOSSMIX.MIN_VISIBLE", "M
                   "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH")
 _NON_NEGATIVE = ("SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD",
                  "DATALOADER.NUM_WORKERS", "SOLVER.CLIP_GRADIENTS", "SOLVER.WEIGHT_DECAY", "LOSSMIX.BG_WEIGHT",
-                 "SOLVER.KEEP_CHECKPOINTS")
+                 "SOLVER.KEEP_CHECKPOINTS", "LOSSMIX.OFF_LAST_ITERS")
 _POSITIVE = ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "LOSSMIX.ALPHA", "SOLVER.MAX_BAD_STEPS",
              "MODEL.ROI_HEADS.NUM_CLASSES", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TRAIN", "INPUT.MAX_SIZE_TEST")
 
@@ -81,12 +81,10 @@ def validate(cfg: CfgNode) -> None:
         raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {cfg.INPUT.MIN_SIZE_TRAIN}; allowed: positive sizes")
     if any(s < 0 for s in cfg.SOLVER.STEPS) or list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
         raise ConfigError(f"SOLVER.STEPS = {cfg.SOLVER.STEPS}; allowed: increasing non-negative iterations")
-    from ..modeling.build import BACKBONES, NORM_LAYERS
-
-    if cfg.MODEL.BACKBONE.NAME not in BACKBONES:
-        raise ConfigError(f"MODEL.BACKBONE.NAME = {cfg.MODEL.BACKBONE.NAME!r}; allowed: {', '.join(sorted(BACKBONES))}")
-    if cfg.MODEL.BACKBONE.NORM not in NORM_LAYERS:
-        raise ConfigError(f"MODEL.BACKBONE.NORM = {cfg.MODEL.BACKBONE.NORM!r}; allowed: {', '.join(NORM_LAYERS)}")
+    off = cfg.LOSSMIX.OFF_LAST_ITERS
+    if isinstance(off, bool) or not isinstance(off, int) or off > cfg.SOLVER.MAX_ITER:
+        raise ConfigError(f"LOSSMIX.OFF_LAST_ITERS = {off!r}; allowed: an int in [0, SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER}]")
+    # Names (MODEL.BACKBONE.NAME / NORM, RECIPE) are checked by their registries when the component is built.
     for hook in _VALIDATORS:
         hook(cfg)
 

@@ -14,9 +14,9 @@ Each iteration the loader yields ``{"source": [model input], "target": [two-view
   or iteration 0 when ``source_target`` mixing is on); before that the list is empty.
 
 Target x target mixing needs the teacher's pseudo-labels, so it happens in the training process
-(:mod:`lossmix.engine.teacher`). Every mixing draw comes from :func:`pair_rng`, a generator seeded
-by ``(SEED, iteration, rank, slot, stream)``: resumable, independent of worker count, and never
-global seeding.
+(:mod:`lossmix.engine.pseudo_labels`). Every mixing draw, the partner rule and the pair-kind draw
+come from the one :class:`~lossmix.data.mixer.Mixer` (generators from ``(SEED, position, stream)``):
+resumable, independent of worker count, and never global seeding.
 
 Images are ``HxWx3`` uint8 **RGB** throughout (``read_image`` decodes to RGB and the strong
 augmentation's colour operations assume RGB).
@@ -32,15 +32,9 @@ from ..utils import comm
 from .augment import StrongAugment
 from .loader import TrainDataset, bad_sample_log, get_dataset_dicts, infinite_loader, local_batch_size
 from .mapper import LossMixDatasetMapper, to_model_input
+from .mixer import Mixer, partner_of
 
-SOURCE_PAIR_STREAM = 1  # pair_rng stream of the source-side mixing (loader)
-TARGET_PAIR_STREAM = 2  # pair_rng stream of the target x target mixing (training process)
 _TARGET_SEED_STREAM = 3  # derives the target dataset's seed (order and augmentation) from SEED
-
-
-def pair_rng(seed: int, iteration: int, rank: int, slot: int, stream: int) -> np.random.Generator:
-    """The generator of one mixing draw: slot ``slot`` of ``rank``'s batch at ``iteration``."""
-    return np.random.default_rng([int(seed), int(iteration), int(rank), int(slot), int(stream)])
 
 
 def active_pairs(cfg) -> tuple[str, ...]:
@@ -111,37 +105,28 @@ class DomainAdaptationCollate:
     """Mixes each source sample with its partner (see the module docstring) and builds model inputs.
 
     Args:
-        mapper: its :meth:`~LossMixDatasetMapper.mix` does the mixing (``LOSSMIX.*``).
-        seed: ``SEED``; local_batch / world_size: to locate a position's (iteration, rank, slot).
+        mixer: the mixing policy, partner rule and generators (``LOSSMIX.*``, ``SEED``).
         source_pairs: enabled among ``("source_source", "source_target")``; with both, each slot
-            draws one uniformly.
+            draws one uniformly (the first draw of its :meth:`Mixer.rng`).
     """
 
-    def __init__(self, mapper: LossMixDatasetMapper, *, seed: int, local_batch: int, world_size: int,
-                 source_pairs: Sequence[str]):
-        self.mapper, self.seed = mapper, seed
-        self.local_batch, self.world_size = local_batch, world_size
+    def __init__(self, mixer: Mixer, *, source_pairs: Sequence[str]):
+        self.mixer = mixer
         self.source_pairs = tuple(p for p in ("source_source", "source_target") if p in source_pairs)
 
-    def locate(self, position: int) -> tuple[int, int, int]:
-        """Global sample position -> (iteration, rank, slot), the inverse of :class:`TrainPositions`."""
-        iteration, offset = divmod(position, self.local_batch * self.world_size)
-        rank, slot = divmod(offset, self.local_batch)
-        return iteration, rank, slot
-
-    def mix_source(self, sample: dict, batch: Sequence[dict], target: Optional[dict], j: int) -> dict:
-        """Mix ``batch[j]`` (= ``sample``) per the drawn pair kind; returns a model input with ``"domain"``."""
-        rng = pair_rng(self.seed, *self.locate(sample["position"]), SOURCE_PAIR_STREAM)
+    def mix_source(self, batch: Sequence[dict], target: Optional[dict], j: int) -> dict:
+        """Mix ``batch[j]`` per the drawn pair kind; returns a model input with ``"domain"``."""
+        sample = batch[j]
+        position = sample["position"]
+        rng = self.mixer.rng(position)
         kinds = [k for k in self.source_pairs if k == "source_source" or target is not None]
         kind = kinds[int(rng.integers(len(kinds)))] if kinds else None
         partner = None
         if kind == "source_source":
-            partner = sample.get("partner")
-            if partner is None and len(batch) > 1:
-                partner = batch[(j + 1) % len(batch)]
+            partner = partner_of(batch, j)
         elif kind == "source_target":
             partner = without_boxes(target["weak"])
-        mixed = self.mapper.mix(sample, partner, rng)
+        mixed = self.mixer.mix(sample, partner, rng, position=position)
         inp = to_model_input(mixed)
         inp["domain"] = 1.0 - float(mixed["lam"]) if kind == "source_target" else 0.0
         return inp
@@ -149,7 +134,7 @@ class DomainAdaptationCollate:
     def __call__(self, items: list[dict]) -> dict:
         sources = [it["source"] for it in items]
         targets = [it["target"] for it in items]
-        out_source = [self.mix_source(s, sources, t, j) for j, (s, t) in enumerate(zip(sources, targets))]
+        out_source = [self.mix_source(sources, t, j) for j, t in enumerate(targets)]
         out_target = [{"weak": to_model_input(t["weak"]), "strong": t["strong"], "position": t["position"]}
                       for t in targets if t is not None]
         return {"source": out_source, "target": out_target}
@@ -178,10 +163,9 @@ def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = No
     )
     dataset = DomainAdaptationDataset(source, target, global_batch=local_batch * world,
                                       target_from_iter=0 if "source_target" in pairs else cfg.DA.BURN_IN_ITERS)
-    collate = DomainAdaptationCollate(mapper, seed=cfg.SEED, local_batch=local_batch, world_size=world,
-                                      source_pairs=pairs)
+    collate = DomainAdaptationCollate(mapper.mixer, source_pairs=pairs)
     return infinite_loader(cfg, dataset, collate, local_batch=local_batch, start_iter=start_iter)
 
 
-__all__ = ["TwoViewMapper", "DomainAdaptationDataset", "DomainAdaptationCollate", "build_da_loader", "pair_rng",
-           "active_pairs", "without_boxes", "SOURCE_PAIR_STREAM", "TARGET_PAIR_STREAM"]
+__all__ = ["TwoViewMapper", "DomainAdaptationDataset", "DomainAdaptationCollate", "build_da_loader",
+           "active_pairs", "without_boxes"]

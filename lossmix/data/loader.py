@@ -24,6 +24,7 @@ from ..utils import comm
 from .catalog import DatasetCatalog
 from .errors import BadSampleError
 from .mapper import LossMixDatasetMapper, to_model_input
+from .mixer import Mixer
 
 logger = logging.getLogger(__name__)
 
@@ -121,20 +122,13 @@ class TrainDataset(Dataset):
 
 
 class MixCollate:
-    """Pairs the samples of a batch (``j`` with ``j + 1``), mixes them and builds model inputs."""
+    """Mixes each sample of a batch with its partner (:meth:`Mixer.mix_batch`) and builds model inputs."""
 
-    def __init__(self, mapper: LossMixDatasetMapper, seed: int):
-        self.mapper, self.seed = mapper, seed
+    def __init__(self, mixer: Mixer):
+        self.mixer = mixer
 
     def __call__(self, samples: list[dict]) -> list[dict]:
-        out = []
-        for j, sample in enumerate(samples):
-            partner = sample.get("partner")
-            if partner is None and len(samples) > 1:
-                partner = samples[(j + 1) % len(samples)]
-            rng = np.random.default_rng([self.seed, sample["position"], 1])
-            out.append(to_model_input(self.mapper.mix(sample, partner, rng)))
-        return out
+        return [to_model_input(mixed) for _, mixed in self.mixer.mix_batch(samples)]
 
 
 def _as_list(batch):
@@ -183,7 +177,7 @@ def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, da
     local_batch = local_batch or local_batch_size(cfg)
     dataset = TrainDataset(dicts, mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE,
                            bad_log=bad_sample_log(cfg), with_partner=mapper.mixes and local_batch == 1)
-    return infinite_loader(cfg, dataset, MixCollate(mapper, cfg.SEED), local_batch=local_batch, start_iter=start_iter)
+    return infinite_loader(cfg, dataset, MixCollate(mapper.mixer), local_batch=local_batch, start_iter=start_iter)
 
 
 class TestDataset(Dataset):
@@ -198,9 +192,11 @@ class TestDataset(Dataset):
         return to_model_input(sample)
 
 
-def build_test_loader(cfg, dataset_name: str, *, mapper: Optional[LossMixDatasetMapper] = None) -> DataLoader:
-    """Loader over this rank's contiguous share of a test set (batch 1, no augmentation)."""
-    dicts = DatasetCatalog.get(dataset_name)
+def build_test_loader(cfg, dataset_name: str, *, mapper: Optional[LossMixDatasetMapper] = None,
+                      dicts: Optional[list[dict]] = None) -> DataLoader:
+    """Loader over this rank's contiguous share of a test set (batch 1, no augmentation); ``dicts``:
+    the dataset's dicts when already read (else read from the catalog)."""
+    dicts = DatasetCatalog.get(dataset_name) if dicts is None else dicts
     rank, world = comm.get_rank(), comm.get_world_size()
     share = (len(dicts) + world - 1) // world
     mine = dicts[rank * share:(rank + 1) * share]

@@ -5,8 +5,8 @@ Two stages, so the loader can pair already-decoded samples (one decode per outpu
 - :meth:`LossMixDatasetMapper.load`: read + weak augmentation of one dataset dict -> a *sample*
   ``{"image": HxWx3 uint8 RGB, "boxes": float32 [N,4] xyxy, "classes": int64 [N] (0-based),
   "weights": float32 [N], plus "file_name", "image_id", "height", "width" of the original}``;
-- :meth:`LossMixDatasetMapper.mix`: a sample and its partner -> one mixed sample (per
-  ``LOSSMIX.*``, via :func:`lossmix.data.mixing.mix_pair`), then :func:`to_model_input`.
+- :meth:`LossMixDatasetMapper.mix`: a sample and its partner -> one mixed sample by the mapper's
+  :class:`~lossmix.data.mixer.Mixer` (``LOSSMIX.*``), then :func:`to_model_input`.
 
 ``mapper(dataset_dict, partner_dict, rng)`` does both for a single pair.
 """
@@ -21,7 +21,7 @@ from ..structures import to_xyxy
 from .augment import WeakAugment, apply_geometry
 from .errors import BadSampleError
 from .image_io import read_image
-from .mixing import METHODS, MODES, mix_pair, sample_lambda
+from .mixer import Mixer
 
 
 def annotations_to_arrays(dataset_dict: dict, use_difficult: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ class LossMixDatasetMapper:
 
     Args:
         min_sizes / max_size / flip_prob: weak augmentation (short side drawn from ``min_sizes``).
-        mode / method / alpha / prob / noise_range / min_visible: ``LOSSMIX.*``.
+        mixer: the mixing policy (default: none).
         use_difficult: keep VOC ``difficult`` boxes as targets.
     """
 
@@ -69,22 +69,11 @@ class LossMixDatasetMapper:
         min_sizes: Sequence[int],
         max_size: int,
         flip_prob: float = 0.5,
-        mode: str = "none",
-        method: str = "mixup",
-        alpha: float = 1.0,
-        prob: float = 1.0,
-        noise_range: Sequence[float] = (0.0, 0.1),
-        min_visible: float = 0.0,
+        mixer: Optional[Mixer] = None,
         use_difficult: bool = False,
     ):
-        if mode not in MODES:
-            raise ValueError(f"LOSSMIX.MODE must be one of {MODES}, got {mode!r}")
-        if method not in METHODS:
-            raise ValueError(f"LOSSMIX.METHOD must be one of {METHODS}, got {method!r}")
         self.augment = WeakAugment(short_edges=tuple(min_sizes), max_size=max_size, flip_prob=flip_prob)
-        self.mode, self.method, self.alpha, self.prob = mode, method, alpha, prob
-        self.noise_range = tuple(noise_range)
-        self.min_visible = min_visible
+        self.mixer = mixer if mixer is not None else Mixer()
         self.use_difficult = use_difficult
 
     @classmethod
@@ -92,23 +81,17 @@ class LossMixDatasetMapper:
         if not is_train:
             return cls(min_sizes=(cfg.INPUT.MIN_SIZE_TEST,), max_size=cfg.INPUT.MAX_SIZE_TEST, flip_prob=0.0,
                        use_difficult=True)
-        m = cfg.LOSSMIX
         return cls(
             min_sizes=cfg.INPUT.MIN_SIZE_TRAIN,
             max_size=cfg.INPUT.MAX_SIZE_TRAIN,
             flip_prob=cfg.INPUT.RANDOM_FLIP,
-            mode=m.MODE,
-            method=m.METHOD,
-            alpha=m.ALPHA,
-            prob=m.PROB,
-            noise_range=m.NOISE_RANGE,
-            min_visible=m.MIN_VISIBLE,
+            mixer=Mixer.from_config(cfg),
             use_difficult=cfg.DATASETS.TRAIN_USE_DIFFICULT,
         )
 
     @property
     def mixes(self) -> bool:
-        return self.mode != "none" and self.prob > 0
+        return self.mixer.mixes
 
     def read(self, dataset_dict: dict) -> np.ndarray:
         """The image of a dataset dict, checked against its recorded size."""
@@ -137,17 +120,8 @@ class LossMixDatasetMapper:
         return sample
 
     def mix(self, sample: dict, partner: Optional[dict], rng: np.random.Generator) -> dict:
-        """Mix ``sample`` with ``partner`` (both from :meth:`load`) per ``LOSSMIX.*``; returns a numpy sample."""
-        mode = self.mode
-        if partner is None or not self.mixes or rng.random() >= self.prob:
-            mode = "none"
-        lam = sample_lambda(self.alpha, rng) if mode in ("uniform", "lossmix") else None
-        noise = float(rng.uniform(*self.noise_range)) if mode == "noise" else None
-        mixed = mix_pair(sample, partner, mode=mode, method=self.method, lam=lam, rng=rng,
-                         min_visible=self.min_visible, noise_weight=noise)
-        out = {k: sample[k] for k in ("file_name", "image_id", "height", "width") if k in sample}
-        out.update(mixed)
-        return out
+        """Mix ``sample`` with ``partner`` (both from :meth:`load`) by :attr:`mixer`; returns a numpy sample."""
+        return self.mixer.mix(sample, partner, rng)
 
     def __call__(self, dataset_dict: dict, partner_dict: Optional[dict] = None,
                  rng: Optional[np.random.Generator] = None) -> dict:

@@ -11,6 +11,8 @@ import tempfile
 import numpy as np
 import torch
 
+from ..utils import comm
+
 logger = logging.getLogger(__name__)
 
 _PERIODIC = re.compile(r"model_(\d{7})\.pth$")
@@ -61,7 +63,10 @@ def set_rng_state(state: dict) -> None:
 
 
 class Checkpointer:
-    """Saves ``{"model", "iteration", "optimizer", "scheduler", "rng", **extra}`` under ``folder``.
+    """Saves ``{"model", "iteration", "optimizer", "scheduler", "rng", "rng_per_rank", **extra}`` under ``folder``.
+
+    ``rng`` is the saving process's RNG state; ``rng_per_rank`` (DDP) every rank's, gathered by the
+    trainer, so that on resume each rank continues its own stream.
 
     ``save(name)`` writes ``name.pth`` atomically and points ``last_checkpoint`` at it; periodic
     checkpoints (``model_0001234.pth``) beyond the newest ``keep`` are deleted. Loading uses
@@ -71,9 +76,11 @@ class Checkpointer:
     def __init__(self, folder: str, *, keep: int = 3, **modules):
         self.folder, self.keep, self.modules = folder, keep, modules
 
-    def save(self, name: str, iteration: int, **extra) -> str:
+    def save(self, name: str, iteration: int, *, rng_per_rank: list | None = None, **extra) -> str:
         data = {key: (unwrap(m).state_dict()) for key, m in self.modules.items() if m is not None}
         data.update(iteration=int(iteration), rng=rng_state(), **extra)
+        if rng_per_rank is not None:
+            data["rng_per_rank"] = list(rng_per_rank)
         path = os.path.join(self.folder, f"{name}.pth")
         atomic_save(data, path)
         tmp_last = os.path.join(self.folder, ".last_checkpoint.tmp")
@@ -98,7 +105,12 @@ class Checkpointer:
         return path if os.path.exists(path) else None
 
     def load(self, path: str, *, restore_rng: bool = True) -> dict:
-        """Restore every registered module (and RNGs); returns the remaining entries (iteration, ...)."""
+        """Restore every registered module (and this rank's RNGs); returns the remaining entries (iteration, ...).
+
+        Each rank restores its own state from ``rng_per_rank`` when the checkpoint has one per
+        process; otherwise rank 0 restores ``rng`` and other ranks keep their ``SEED + rank`` streams
+        (with a warning): one rank's state on every rank would make them draw alike.
+        """
         data = torch.load(path, map_location="cpu", weights_only=True)
         for key, module in self.modules.items():
             if module is None:
@@ -106,6 +118,12 @@ class Checkpointer:
             if key not in data:
                 raise KeyError(f"checkpoint {path} has no {key!r} entry")
             unwrap(module).load_state_dict(data[key])
-        if restore_rng and "rng" in data:
-            set_rng_state(data["rng"])
+        if restore_rng:
+            rank, per_rank = comm.get_rank(), data.get("rng_per_rank")
+            if per_rank is not None and len(per_rank) == comm.get_world_size():
+                set_rng_state(per_rank[rank])
+            elif rank == 0 and "rng" in data:
+                set_rng_state(data["rng"])
+            else:
+                logger.warning("%s holds no RNG state for rank %d; it keeps its seeded stream", path, rank)
         return {k: v for k, v in data.items() if k not in self.modules}

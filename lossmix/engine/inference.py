@@ -1,12 +1,17 @@
-"""Run a detector over a test loader and feed an evaluator; build evaluators from dataset metadata."""
+"""Evaluation: run detectors over test loaders, feed evaluators (built from dataset metadata), write ``eval/<name>.json``."""
 from __future__ import annotations
 
+import json
 import logging
+import os
+from typing import Optional
 
 import torch
 
 from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..data.loader import build_test_loader
 from ..evaluation import COCOEvaluator, VOCDetectionEvaluator
+from ..utils import comm
 
 logger = logging.getLogger(__name__)
 
@@ -14,6 +19,10 @@ logger = logging.getLogger(__name__)
 def images_to_device(batch: list[dict], device) -> list[torch.Tensor]:
     """uint8 CHW tensors -> float 0-1 on ``device`` (the detector normalises with PIXEL_MEAN/STD)."""
     return [b["image"].to(device, non_blocking=True).float().div_(255.0) for b in batch]
+
+
+def targets_to_device(batch: list[dict], device) -> list[dict]:
+    return [{k: v.to(device, non_blocking=True) for k, v in b["target"].items()} for b in batch]
 
 
 def rescale_detections(det: dict, input_hw, output_hw) -> dict:
@@ -42,8 +51,10 @@ def predict(model, batch: list[dict], device) -> list[dict]:
     return results
 
 
-def build_evaluator(cfg, dataset_name: str):
-    """VOC (area or 11-point, with the dataset's class subset) or COCO, from metadata or ``TEST.METRIC``."""
+def build_evaluator(cfg, dataset_name: str, dicts: Optional[list[dict]] = None):
+    """VOC (area or 11-point, with the dataset's class subset) or COCO, from metadata or ``TEST.METRIC``.
+
+    ``dicts``: the dataset's dicts when already read (else read from the catalog)."""
     meta = MetadataCatalog.get(dataset_name)
     metric = cfg.TEST.METRIC
     if metric == "auto":
@@ -51,7 +62,7 @@ def build_evaluator(cfg, dataset_name: str):
             metric = "coco"
         else:
             metric = "voc07" if meta.get("use_07_metric", False) else "voc_area"
-    dicts = DatasetCatalog.get(dataset_name)
+    dicts = DatasetCatalog.get(dataset_name) if dicts is None else dicts
     classes = meta.get("thing_classes")
     if metric == "coco":
         return COCOEvaluator(dicts, classes)
@@ -68,3 +79,31 @@ def inference_on_dataset(model, loader, evaluator, device, *, progress: bool = F
     for batch in iterator:
         evaluator.process(batch, predict(model, batch, device))
     return evaluator.evaluate()
+
+
+def write_eval(output_dir: str, dataset_name: str, result) -> None:
+    """``output_dir/eval/<dataset_name>.json`` (main process only)."""
+    if comm.is_main_process() and output_dir:
+        os.makedirs(os.path.join(output_dir, "eval"), exist_ok=True)
+        with open(os.path.join(output_dir, "eval", f"{dataset_name}.json"), "w") as f:
+            json.dump(result, f, indent=1)
+
+
+def evaluate(cfg, models: dict, device, dataset_names=None) -> dict:
+    """Every model of ``models`` (``{role: model or None}``) on ``DATASETS.TEST`` (or the given names).
+
+    Returns ``{dataset: {role: result}}`` (a None model gives a None result), the one result shape
+    of :func:`lossmix.engine.run.run`, and writes each ``{role: result}`` to
+    ``OUTPUT_DIR/eval/<dataset>.json``. Each dataset is read from the catalog once per call.
+    """
+    results = {}
+    for name in dataset_names or cfg.DATASETS.TEST:
+        dicts = DatasetCatalog.get(name)
+        per_role = {}
+        for role, model in models.items():
+            per_role[role] = None if model is None else inference_on_dataset(
+                model, build_test_loader(cfg, name, dicts=dicts), build_evaluator(cfg, name, dicts), device)
+        write_eval(cfg.OUTPUT_DIR, name, per_role)
+        if comm.is_main_process():
+            results[name] = per_role
+    return results

@@ -1,4 +1,4 @@
-"""Supervised training loop (LossMix and its baselines share it: the mixing lives in the data)."""
+"""The training loop: steps of a recipe's losses, non-finite-step policy, signals, periodic logging / checkpoints / evaluation."""
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +12,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from ..utils import comm
-from .checkpoint import Checkpointer
-from .inference import images_to_device
+from .checkpoint import Checkpointer, rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +31,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         torch.set_flush_denormal(True)  # freshly initialised nets run up to 8x slower on denormals
     return torch.device(name)
-
-
-def targets_to_device(batch: list[dict], device) -> list[dict]:
-    return [{k: v.to(device, non_blocking=True) for k, v in b["target"].items()} for b in batch]
 
 
 class MetricsWriter:
@@ -75,37 +70,54 @@ def signals_received():
 
 
 class Trainer:
-    """Runs ``max_iter`` steps of ``loss = sum(model(images, targets).values())``.
+    """Runs steps ``start_iter .. max_iter - 1`` of ``loss = sum(recipe.losses(batch, it).values())``.
 
     Non-finite losses: the step is not applied, the event is logged with its loss components;
     after ``max_bad_steps`` consecutive ones training stops (:class:`NonFiniteLossError`), leaving
     the last good checkpoint intact. SIGINT / SIGTERM save ``model_interrupted.pth`` then stop.
-    Subclasses change :meth:`compute_losses` (e.g. the teacher-student loop).
+    Rows go to ``output_dir/metrics.jsonl`` (every ``log_period`` iterations and the last); nothing
+    per iteration is kept in memory.
+
+    Args:
+        recipe: a :class:`lossmix.engine.recipes.Recipe` (its ``trainable`` module is put in train
+            mode and clipped; ``after_step`` runs after each optimizer step).
+        optimizer / scheduler / data_loader / checkpointer / device: the shared pieces.
+        max_iter / start_iter: the schedule (``SOLVER.MAX_ITER``; the resumed iteration).
+        output_dir / log_period / checkpoint_period / eval_period: ``OUTPUT_DIR``, ``LOG_PERIOD``,
+            ``SOLVER.CHECKPOINT_PERIOD``, ``TEST.EVAL_PERIOD`` (0 = off).
+        evaluate: ``fn(iteration) -> results`` for periodic evaluation.
+        amp / clip_gradients / max_bad_steps: ``SOLVER.AMP`` (CUDA only), ``SOLVER.CLIP_GRADIENTS``, ``SOLVER.MAX_BAD_STEPS``.
     """
 
-    def __init__(self, cfg, model, optimizer, scheduler, data_loader: Iterable, *, device, checkpointer: Checkpointer,
-                 start_iter: int = 0, evaluate: Optional[Callable[[], dict]] = None):
-        self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
+    def __init__(self, *, recipe, optimizer, scheduler, data_loader: Iterable, checkpointer: Checkpointer, device,
+                 max_iter: int, start_iter: int = 0, output_dir: str = "", log_period: int = 20,
+                 checkpoint_period: int = 0, eval_period: int = 0, evaluate: Optional[Callable[[int], dict]] = None,
+                 amp: bool = False, clip_gradients: float = 0.0, max_bad_steps: int = 5):
+        self.recipe, self.optimizer, self.scheduler = recipe, optimizer, scheduler
         self.data_loader, self.device, self.checkpointer = data_loader, device, checkpointer
-        self.start_iter, self.iter = start_iter, start_iter
-        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.start_iter, self.iter, self.max_iter = start_iter, start_iter, max_iter
+        self.output_dir = output_dir
+        self.log_period, self.checkpoint_period, self.eval_period = log_period, checkpoint_period, eval_period
         self.evaluate_fn = evaluate
-        self.metrics = MetricsWriter(cfg.OUTPUT_DIR)
-        self.use_amp = bool(cfg.SOLVER.AMP) and device.type == "cuda"
+        self.metrics = MetricsWriter(output_dir)
+        self.use_amp = bool(amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.clip_gradients, self.max_bad_steps = clip_gradients, max_bad_steps
         self.bad_steps = 0
         self.skipped_steps = 0
-        self.history: list[dict] = []  # per-iteration loss components (floats), for tests and summaries
+
+    @classmethod
+    def from_config(cls, cfg, **kwargs) -> "Trainer":
+        """``kwargs``: recipe, optimizer, scheduler, data_loader, checkpointer, device, start_iter, evaluate."""
+        s = cfg.SOLVER
+        return cls(max_iter=s.MAX_ITER, output_dir=cfg.OUTPUT_DIR, log_period=cfg.LOG_PERIOD,
+                   checkpoint_period=s.CHECKPOINT_PERIOD, eval_period=cfg.TEST.EVAL_PERIOD, amp=s.AMP,
+                   clip_gradients=s.CLIP_GRADIENTS, max_bad_steps=s.MAX_BAD_STEPS, **kwargs)
 
     # -- one step -------------------------------------------------------------------------------
-    def compute_losses(self, batch) -> dict[str, torch.Tensor]:
-        images = images_to_device(batch, self.device)
-        targets = targets_to_device(batch, self.device)
-        with torch.autocast("cuda", enabled=self.use_amp):
-            return self.model(images, targets)
-
     def run_step(self, batch) -> dict[str, float]:
-        losses = self.compute_losses(batch)
+        with torch.autocast("cuda", enabled=self.use_amp):
+            losses = self.recipe.losses(batch, self.iter)
         total = sum(losses.values())
         values = {k: float(v.detach()) for k, v in losses.items()}
         values["total_loss"] = float(total.detach())
@@ -117,14 +129,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if not bool(finite):
             self._bad_step(values)
-            return values
-        self.bad_steps = 0
-        self.scaler.scale(total).backward()
-        if self.cfg.SOLVER.CLIP_GRADIENTS > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.CLIP_GRADIENTS)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        else:
+            self.bad_steps = 0
+            self.scaler.scale(total).backward()
+            if self.clip_gradients > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.recipe.trainable.parameters(), self.clip_gradients)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        values.update(self.recipe.after_step(self.iter))
         return values
 
     def _bad_step(self, values: dict) -> None:
@@ -132,35 +145,33 @@ class Trainer:
         self.skipped_steps += 1
         logger.warning("iteration %d: non-finite loss, step not applied: %s", self.iter, values)
         self.metrics.write({"iteration": self.iter, "non_finite_loss": values})
-        if self.bad_steps >= self.cfg.SOLVER.MAX_BAD_STEPS:
+        if self.bad_steps >= self.max_bad_steps:
             raise NonFiniteLossError(
-                f"{self.bad_steps} consecutive non-finite losses (SOLVER.MAX_BAD_STEPS = {self.cfg.SOLVER.MAX_BAD_STEPS}) "
+                f"{self.bad_steps} consecutive non-finite losses (SOLVER.MAX_BAD_STEPS = {self.max_bad_steps}) "
                 f"at iteration {self.iter}; last components {values}. Training stopped; the last good checkpoint "
-                f"is kept in {self.cfg.OUTPUT_DIR}. Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS."
+                f"is kept in {self.output_dir}. Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS."
             )
 
     # -- the loop -------------------------------------------------------------------------------
-    def checkpoint_extra(self) -> dict:
-        return {}
-
-    def save(self, name: str, iteration: int) -> None:
+    def save(self, name: str, iteration: int, *, every_rank: bool = True) -> None:
+        """Checkpoint on the main process, with every rank's RNG state (``every_rank``: all ranks call this)."""
+        per_rank = comm.all_gather(rng_state()) if every_rank and comm.get_world_size() > 1 else None
         if comm.is_main_process():
-            self.checkpointer.save(name, iteration, **self.checkpoint_extra())
+            self.checkpointer.save(name, iteration, rng_per_rank=per_rank)
 
     def after_step(self, values: dict) -> None:
         it = self.iter + 1
-        period = self.cfg.LOG_PERIOD
-        if period and (it % period == 0 or it == self.max_iter):
+        if self.log_period and (it % self.log_period == 0 or it == self.max_iter):
             self.metrics.write({"iteration": it, "lr": self.optimizer.param_groups[0]["lr"], **values})
-        if self.cfg.SOLVER.CHECKPOINT_PERIOD and it % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 and it < self.max_iter:
+        if self.checkpoint_period and it % self.checkpoint_period == 0 and it < self.max_iter:
             self.save(f"model_{it:07d}", it)
-        if self.evaluate_fn and self.cfg.TEST.EVAL_PERIOD and it % self.cfg.TEST.EVAL_PERIOD == 0 and it < self.max_iter:
-            self.metrics.write({"iteration": it, **{"eval": self.evaluate_fn()}})
+        if self.evaluate_fn and self.eval_period and it % self.eval_period == 0 and it < self.max_iter:
+            self.metrics.write({"iteration": it, **{"eval": self.evaluate_fn(it)}})
 
     def train(self) -> dict:
         from tqdm import tqdm
 
-        self.model.train()
+        self.recipe.trainable.train()
         bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True,
                    disable=not comm.is_main_process() or self.max_iter == self.start_iter)
         start = time.perf_counter()
@@ -168,13 +179,12 @@ class Trainer:
             data_iter = iter(self.data_loader)
             for self.iter in range(self.start_iter, self.max_iter):
                 values = self.run_step(next(data_iter))
-                self.history.append(values)
                 self.scheduler.step()
                 self.after_step(values)
                 bar.set_postfix(loss=f"{values['total_loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2g}")
                 bar.update(1)
                 if received:
-                    self.save("model_interrupted", self.iter + 1)
+                    self.save("model_interrupted", self.iter + 1, every_rank=False)  # the signal may reach one rank only
                     raise TrainingInterrupted(f"signal {received[0]} at iteration {self.iter + 1}; checkpoint saved")
         bar.close()
         self.save("model_final", self.max_iter)

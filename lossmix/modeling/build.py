@@ -1,4 +1,4 @@
-"""``build_detector(cfg)``: torchvision's Faster R-CNN with LossMix-weighted RPN and ROI heads.
+"""``make_detector(**kwargs)`` / ``build_detector(cfg)``: torchvision's Faster R-CNN with LossMix-weighted RPN and ROI heads.
 
 No code path downloads weights: every backbone is built with ``weights=None`` and
 ``MODEL.WEIGHTS`` (a local file) is loaded by :func:`load_weights`.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -96,9 +96,9 @@ class PreResizedTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def _anchor_generator(cfg, num_levels: int) -> AnchorGenerator:
-    sizes = [tuple(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
-    ratios = [tuple(r) for r in cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS]
+def _anchor_generator(anchor_sizes, aspect_ratios, num_levels: int) -> AnchorGenerator:
+    sizes = [tuple(s) for s in anchor_sizes]
+    ratios = [tuple(r) for r in aspect_ratios]
     if len(sizes) != num_levels:  # e.g. MobileNet's 3 levels: every size on every level
         sizes = [tuple(s for level in sizes for s in level)] * num_levels
     if len(ratios) == 1:
@@ -106,54 +106,91 @@ def _anchor_generator(cfg, num_levels: int) -> AnchorGenerator:
     return AnchorGenerator(sizes=tuple(sizes), aspect_ratios=tuple(ratios))
 
 
-def build_detector(cfg) -> FasterRCNN:
-    """Faster R-CNN per ``cfg.MODEL``; RPN and ROI heads weight their losses per instance."""
-    name = cfg.MODEL.BACKBONE.NAME
-    if name not in BACKBONES:
-        raise KeyError(f"MODEL.BACKBONE.NAME {name!r} is unknown; choose one of {sorted(BACKBONES)}")
-    norm = cfg.MODEL.BACKBONE.NORM
-    if norm not in NORM_LAYERS:
-        raise KeyError(f"MODEL.BACKBONE.NORM {norm!r} is unknown; choose one of {sorted(NORM_LAYERS)}")
-    backbone = BACKBONES[name](NORM_LAYERS[norm], cfg.MODEL.BACKBONE.TRAINABLE_LAYERS,
-                               list(cfg.MODEL.BACKBONE.RETURNED_LAYERS), cfg.MODEL.FPN.OUT_CHANNELS)
-    backbone.eval()  # the probe must not move BatchNorm running statistics
-    with torch.no_grad():
-        num_levels = len(backbone(torch.zeros(1, 3, 64, 64)))
-    backbone.train()
-    featmaps = [str(i) for i in range(num_levels - 1)]  # every level but the "pool" one, as torchvision
+def _lookup(table: dict, key: str, value: str):
+    if value not in table:
+        raise KeyError(f"{key} = {value!r} is not registered; allowed: {', '.join(sorted(table))}")
+    return table[value]
 
-    rpn, roi, head = cfg.MODEL.RPN, cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
-    res = head.POOLER_RESOLUTION
+
+def make_detector(
+    *,
+    backbone: str = "R50-FPN",
+    norm: str = "FrozenBN",
+    trainable_layers: int = 3,
+    returned_layers: Sequence[int] = (1, 2, 3, 4),
+    fpn_channels: int = 256,
+    num_classes: int = 20,
+    anchor_sizes: Sequence[Sequence[int]] = ((32,), (64,), (128,), (256,), (512,)),
+    aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),),
+    pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
+    pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
+    rpn: Optional[dict] = None,
+    roi_heads: Optional[dict] = None,
+    box_head_dim: int = 1024,
+    pooler_resolution: int = 7,
+    bg_weight: float = 1.0,
+    formulation: str = "instance",
+    weights: str = "",
+) -> FasterRCNN:
+    """Faster R-CNN with LossMix-weighted RPN and ROI heads, from keyword arguments.
+
+    ``backbone`` / ``norm`` are names in :data:`BACKBONES` / :data:`NORM_LAYERS` (an unknown one
+    raises ``KeyError`` listing the registered names). ``rpn`` and ``roi_heads`` are torchvision
+    ``FasterRCNN`` keyword arguments without their ``rpn_`` / ``box_`` prefix (e.g.
+    ``{"batch_size_per_image": 64}``). ``weights``: a local file for :func:`load_weights` ("" = random init).
+    """
+    backbone_fn = _lookup(BACKBONES, "MODEL.BACKBONE.NAME", backbone)
+    norm_layer = _lookup(NORM_LAYERS, "MODEL.BACKBONE.NORM", norm)
+    body = backbone_fn(norm_layer, trainable_layers, list(returned_layers), fpn_channels)
+    body.eval()  # the probe must not move BatchNorm running statistics
+    with torch.no_grad():
+        num_levels = len(body(torch.zeros(1, 3, 64, 64)))
+    body.train()
+    featmaps = [str(i) for i in range(num_levels - 1)]  # every level but the "pool" one, as torchvision
+    res = pooler_resolution
     model = FasterRCNN(
-        backbone,
-        box_head=TwoMLPHead(backbone.out_channels * res**2, head.FC_DIM),
-        box_predictor=FastRCNNPredictor(head.FC_DIM, roi.NUM_CLASSES + 1),
-        image_mean=list(cfg.MODEL.PIXEL_MEAN),
-        image_std=list(cfg.MODEL.PIXEL_STD),
-        rpn_anchor_generator=_anchor_generator(cfg, num_levels),
-        rpn_pre_nms_top_n_train=rpn.PRE_NMS_TOPK_TRAIN,
-        rpn_pre_nms_top_n_test=rpn.PRE_NMS_TOPK_TEST,
-        rpn_post_nms_top_n_train=rpn.POST_NMS_TOPK_TRAIN,
-        rpn_post_nms_top_n_test=rpn.POST_NMS_TOPK_TEST,
-        rpn_nms_thresh=rpn.NMS_THRESH,
-        rpn_bg_iou_thresh=rpn.IOU_THRESHOLDS[0],
-        rpn_fg_iou_thresh=rpn.IOU_THRESHOLDS[1],
-        rpn_batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE,
-        rpn_positive_fraction=rpn.POSITIVE_FRACTION,
+        body,
+        box_head=TwoMLPHead(body.out_channels * res**2, box_head_dim),
+        box_predictor=FastRCNNPredictor(box_head_dim, num_classes + 1),
+        image_mean=list(pixel_mean),
+        image_std=list(pixel_std),
+        rpn_anchor_generator=_anchor_generator(anchor_sizes, aspect_ratios, num_levels),
         box_roi_pool=MultiScaleRoIAlign(featmap_names=featmaps, output_size=res, sampling_ratio=2),
-        box_score_thresh=roi.SCORE_THRESH_TEST,
-        box_nms_thresh=roi.NMS_THRESH_TEST,
-        box_detections_per_img=roi.DETECTIONS_PER_IMAGE,
-        box_fg_iou_thresh=roi.IOU_THRESHOLD,
-        box_bg_iou_thresh=roi.IOU_THRESHOLD,
-        box_batch_size_per_image=roi.BATCH_SIZE_PER_IMAGE,
-        box_positive_fraction=roi.POSITIVE_FRACTION,
+        **{f"rpn_{k}": v for k, v in (rpn or {}).items()},
+        **{f"box_{k}": v for k, v in (roi_heads or {}).items()},
     )
-    model.transform = PreResizedTransform(1, 1, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD))
-    make_weighted(model, bg_weight=cfg.LOSSMIX.BG_WEIGHT, formulation=cfg.LOSSMIX.FORMULATION)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
+    model.transform = PreResizedTransform(1, 1, list(pixel_mean), list(pixel_std))
+    make_weighted(model, bg_weight=bg_weight, formulation=formulation)
+    if weights:
+        load_weights(model, weights)
     return model
+
+
+def detector_kwargs(cfg) -> dict:
+    """:func:`make_detector`'s keyword arguments from ``cfg.MODEL`` and ``cfg.LOSSMIX``."""
+    m = cfg.MODEL
+    rpn, roi, head = m.RPN, m.ROI_HEADS, m.ROI_BOX_HEAD
+    return dict(
+        backbone=m.BACKBONE.NAME, norm=m.BACKBONE.NORM, trainable_layers=m.BACKBONE.TRAINABLE_LAYERS,
+        returned_layers=list(m.BACKBONE.RETURNED_LAYERS), fpn_channels=m.FPN.OUT_CHANNELS,
+        num_classes=roi.NUM_CLASSES, anchor_sizes=m.ANCHOR_GENERATOR.SIZES, aspect_ratios=m.ANCHOR_GENERATOR.ASPECT_RATIOS,
+        pixel_mean=list(m.PIXEL_MEAN), pixel_std=list(m.PIXEL_STD),
+        rpn=dict(pre_nms_top_n_train=rpn.PRE_NMS_TOPK_TRAIN, pre_nms_top_n_test=rpn.PRE_NMS_TOPK_TEST,
+                 post_nms_top_n_train=rpn.POST_NMS_TOPK_TRAIN, post_nms_top_n_test=rpn.POST_NMS_TOPK_TEST,
+                 nms_thresh=rpn.NMS_THRESH, bg_iou_thresh=rpn.IOU_THRESHOLDS[0], fg_iou_thresh=rpn.IOU_THRESHOLDS[1],
+                 batch_size_per_image=rpn.BATCH_SIZE_PER_IMAGE, positive_fraction=rpn.POSITIVE_FRACTION),
+        roi_heads=dict(score_thresh=roi.SCORE_THRESH_TEST, nms_thresh=roi.NMS_THRESH_TEST,
+                       detections_per_img=roi.DETECTIONS_PER_IMAGE, fg_iou_thresh=roi.IOU_THRESHOLD,
+                       bg_iou_thresh=roi.IOU_THRESHOLD, batch_size_per_image=roi.BATCH_SIZE_PER_IMAGE,
+                       positive_fraction=roi.POSITIVE_FRACTION),
+        box_head_dim=m.ROI_BOX_HEAD.FC_DIM, pooler_resolution=head.POOLER_RESOLUTION,
+        bg_weight=cfg.LOSSMIX.BG_WEIGHT, formulation=cfg.LOSSMIX.FORMULATION, weights=m.WEIGHTS,
+    )
+
+
+def build_detector(cfg) -> FasterRCNN:
+    """Faster R-CNN per ``cfg.MODEL`` (:func:`make_detector` with :func:`detector_kwargs`)."""
+    return make_detector(**detector_kwargs(cfg))
 
 
 def make_weighted(model: FasterRCNN, *, bg_weight: float = 1.0, formulation: str = "instance") -> FasterRCNN:

@@ -1,10 +1,11 @@
 """Compare finished runs: group them into methods, average AP over seeds, write a table and a chart.
 
 A *run folder* holds ``config.yaml`` (the merged config ``setup`` writes) and
-``eval/<dataset>.json`` (what :func:`lossmix.engine.defaults.evaluate` writes:
-``{"AP50": float, "per_class": {name: AP}, ...}``, AP in percent). A domain-adaptation run may
-write ``{"teacher": {...}, "student": {...}}`` instead; the teacher's result is used then (it is
-the model Adaptive Teacher reports), and the summary records which one was read.
+``eval/<dataset>.json`` (what :func:`lossmix.engine.inference.evaluate` writes: ``{role: result}``,
+role ``model`` for a supervised run, ``teacher`` / ``student`` for Adaptive Teacher; a result is
+``{"AP50": float, "per_class": {name: AP}, ...}``, AP in percent). The teacher's result is used
+when there is one (it is the model Adaptive Teacher reports), and the summary records which role
+was read. Files of earlier versions (a supervised run's bare result) are read too.
 
 Runs are grouped into *methods*: a run folder named ``seed<k>`` belongs to the method named by
 its parent folder (``tools/compare.py --configs`` writes ``<root>/<config stem>/seed<k>``);
@@ -128,11 +129,11 @@ def method_of(path: str, config: dict, group_by: str = "auto") -> str:
 
 
 def _pick_model(data: dict) -> tuple[dict, str]:
-    """``(result, which)``: the teacher's result of a DA eval file (the student's when the teacher's is
-    null: burn-in never ended), else the file itself."""
-    for which in ("teacher", "student"):
-        if isinstance(data.get(which), dict) and "AP50" in data[which]:
-            return data[which], which
+    """``(result, role)`` of an eval file ``{role: result}``: the teacher's (the student's when the
+    teacher's is null: burn-in never ended), else the model's; a bare result (older files) is the model's."""
+    for role in ("teacher", "student", "model"):
+        if isinstance(data.get(role), dict) and "AP50" in data[role]:
+            return data[role], role
     return data, "model"
 
 

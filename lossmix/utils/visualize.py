@@ -234,45 +234,27 @@ def render_mixed_sample(record: dict, *, class_names: Optional[Sequence[str]] = 
     return np.concatenate([_header(body.shape[1], lines), body, draw_colourbar(body.shape[1], cmap=cmap)], axis=0)
 
 
-def _same_input(a: dict, b: dict) -> bool:
-    import torch
-
-    if not torch.equal(a["image"], b["image"]):
-        return False
-    return all(torch.equal(a["target"][k], b["target"][k]) for k in a["target"])
-
-
 def iter_mixed_samples(loader) -> Iterator[dict]:
     """The output images of a training loader, each with what it was mixed from, in loader order.
 
-    ``loader`` comes from :func:`lossmix.data.loader.build_train_loader`. Its own dataset,
-    position sampler and collate function are used: every batch is loaded with the dataset, mixed
-    with ``MixCollate``'s pairing (sample ``j`` with its attached partner, else with ``j + 1``) and
-    the collate function's seeded generator, and the result is checked against the collate
-    function's own output (a ``RuntimeError`` if they ever differ). The workers are not used.
+    ``loader`` comes from :func:`lossmix.data.loader.build_train_loader`. Its own dataset, position
+    sampler and collate function's :class:`~lossmix.data.mixer.Mixer` are used (the one partner
+    rule and generators of training), so each record is exactly what the model is trained on.
+    The workers are not used.
 
     Yields ``{"position": int, "sample": loaded base sample, "partner": loaded partner or None,
-    "mixed": mapper.mix's numpy output (``image``, ``boxes``, ``classes``, ``weights``,
+    "mixed": the mixer's numpy output (``image``, ``boxes``, ``classes``, ``weights``,
     ``from_partner``, ``lam``, ``patch``), "model_input": what the model receives}``.
     """
     from ..data.mapper import to_model_input
 
-    dataset, collate = loader.dataset, loader.collate_fn
+    dataset, mixer = loader.dataset, loader.collate_fn.mixer
     positions = iter(loader.sampler)
     while True:
         samples = [dataset[next(positions)] for _ in range(loader.batch_size)]
-        expected = collate(samples)
-        for j, sample in enumerate(samples):
-            partner = sample.get("partner")
-            if partner is None and len(samples) > 1:
-                partner = samples[(j + 1) % len(samples)]
-            rng = np.random.default_rng([collate.seed, sample["position"], 1])
-            mixed = collate.mapper.mix(sample, partner, rng)
-            model_input = to_model_input(mixed)
-            if not _same_input(model_input, expected[j]):
-                raise RuntimeError("iter_mixed_samples no longer reproduces MixCollate; update it to match the loader")
-            yield {"position": sample["position"], "sample": sample,
-                   "partner": partner if collate.mapper.mixes else None, "mixed": mixed, "model_input": model_input}
+        for sample, (partner, mixed) in zip(samples, mixer.mix_batch(samples)):
+            yield {"position": sample["position"], "sample": sample, "partner": partner if mixer.mixes else None,
+                   "mixed": mixed, "model_input": to_model_input(mixed)}
 
 
 def save_png(path: str, image: np.ndarray) -> str:

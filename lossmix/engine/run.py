@@ -1,0 +1,66 @@
+"""The one training entry: build a recipe's modules and the shared pieces once, resume, DDP, train, evaluate.
+
+``run(cfg)`` returns ``{"summary": {...}, "results": {dataset: {role: result}}}`` whatever the
+recipe: role ``model`` for a supervised run, ``teacher`` / ``student`` for Adaptive Teacher.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from ..data.loader import bad_sample_log
+from ..modeling.build import build_detector
+from ..utils import comm
+from .checkpoint import Checkpointer
+from .inference import evaluate
+from .recipes import get_recipe, recipe_name
+from .schedule import build_optimizer, build_scheduler
+from .trainer import Trainer, resolve_device
+
+logger = logging.getLogger("lossmix")
+
+
+def ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel when there are several processes, else itself."""
+    if comm.get_world_size() == 1:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=False)
+
+
+def run(cfg, *, resume: bool = False, eval_only: bool = False) -> dict:
+    """Train per ``cfg`` with the recipe it names (resuming from ``OUTPUT_DIR/last_checkpoint`` if asked),
+    then evaluate; with ``eval_only`` evaluate ``MODEL.WEIGHTS`` (role ``model``) without training."""
+    if cfg.OUTPUT_DIR:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    torch.manual_seed(cfg.SEED + comm.get_rank())
+    device = resolve_device(cfg.MODEL.DEVICE)
+    if eval_only:
+        return {"summary": {}, "results": evaluate(cfg, {"model": build_detector(cfg).to(device)}, device)}
+    recipe = get_recipe(recipe_name(cfg)).from_config(cfg, device=device)
+    optimizer = build_optimizer(cfg, recipe.trainable)
+    scheduler = build_scheduler(cfg, optimizer)
+    checkpointer = Checkpointer(cfg.OUTPUT_DIR, keep=cfg.SOLVER.KEEP_CHECKPOINTS, **recipe.checkpoint_modules,
+                                optimizer=optimizer, scheduler=scheduler)
+    start_iter = 0
+    if resume and checkpointer.last_checkpoint():
+        path = checkpointer.last_checkpoint()
+        start_iter = checkpointer.load(path)["iteration"]
+        logger.info("resumed from %s at iteration %d", path, start_iter)
+    recipe.distribute(lambda module: ddp(module, device))
+    trainer = Trainer.from_config(
+        cfg, recipe=recipe, optimizer=optimizer, scheduler=scheduler,
+        data_loader=recipe.build_loader(cfg, start_iter=start_iter), checkpointer=checkpointer, device=device,
+        start_iter=start_iter, evaluate=lambda iteration: evaluate(cfg, recipe.eval_models(iteration), device))
+    summary = trainer.train()
+    summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
+    if summary["skipped_bad_samples"]:
+        logger.warning("%d bad samples were skipped; see %s/bad_samples.jsonl", summary["skipped_bad_samples"],
+                       cfg.OUTPUT_DIR)
+    results = evaluate(cfg, recipe.eval_models(cfg.SOLVER.MAX_ITER), device)
+    return {"summary": summary, "results": results}
+
+
+__all__ = ["run", "ddp"]
