@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
-        "torchvision>=0.19",
+        "torchvision>=0.29,<0.30",  # modeling/rpn.py and roi_heads.py override methods read from 0.29
         "opencv-contrib-python-headless>=4.8",
         "pycocotools>=2.0.6",
         "fvcore>=0.1.5",

@@ -235,8 +235,11 @@ def test_cli_writes_grids_and_table(tmp_path):
     assert rows == [["| run_a", "(area)"], ["| run_a", "gradcam"], ["| run_b", "(area)"], ["| run_b", "gradcam"]]
     assert " ± " in table
     records = json.loads((out / "attribution.json").read_text())
-    assert [(r["run"], r["image_id"]) for r in records] == [(run, records[i]["image_id"]) for run in ("run_a", "run_b")
-                                                           for i in range(2)]
+    from lossmix.data.catalog import DatasetCatalog
+
+    first_two = [d["image_id"] for d in DatasetCatalog.get(names["source_test"]) if d["annotations"]][:2]
+    assert len(set(first_two)) == 2  # the dataset's first two images with boxes, in order, for each run
+    assert [(r["run"], r["image_id"]) for r in records] == [(run, i) for run in ("run_a", "run_b") for i in first_two]
     for a, b in zip(records[:2], records[2:]):  # ground truth: the same box and map for every run
         assert a["region_box"] == b["region_box"] and a["shares"] == b["shares"]
     for r in records:

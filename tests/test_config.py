@@ -1,5 +1,5 @@
+import ast
 import os
-import re
 
 import pytest
 
@@ -71,24 +71,99 @@ def _leaf_keys(node, prefix=""):
             yield f"{prefix}{k}"
 
 
-def test_every_key_is_read():
-    """A key no code reads is a dead key: it fails here."""
-    source = []
+def _keys_read(source: str, keys: set, nodes: set) -> set:
+    """Config keys read in ``source``: attribute chains of upper-case names (``cfg.SOLVER.MAX_ITER``,
+    ``self.cfg.DA.EMA_DECAY``), also through an alias bound to a config node (``m = cfg.LOSSMIX``;
+    ``m.MODE``). Strings and comments do not count: validation tables name keys without using them."""
+    tree = ast.parse(source)
+
+    def chain(node):
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        return node, parts[::-1]
+
+    def resolve(node, aliases):
+        root, parts = chain(node)
+        upper = []
+        for part in reversed(parts):  # the trailing run of upper-case names
+            if not part.isupper():
+                break
+            upper.insert(0, part)
+        if not upper:
+            return None
+        if len(upper) == len(parts) and isinstance(root, ast.Name) and root.id in aliases:
+            return ".".join([aliases[root.id], *upper])
+        return ".".join(upper)
+
+    pairs = []  # (name, value) of every assignment, tuples unpacked: rpn, roi = m.RPN, m.ROI_HEADS
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+                pairs += [(t, v) for t, v in zip(target.elts, value.elts)]
+            else:
+                pairs.append((target, value))
+    aliases, read = {}, set()
+    for _ in range(3):  # aliases of aliases: m = cfg.MODEL; rpn = m.RPN
+        for target, value in pairs:
+            if isinstance(target, ast.Name) and isinstance(value, ast.Attribute):
+                path = resolve(value, aliases)
+                if path in nodes:
+                    aliases[target.id] = path
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            path = resolve(node, aliases)
+            if path in keys:
+                read.add(path)
+    return read
+
+
+def _sources(exclude=()):
     for folder in ("lossmix", "tools"):
         for root, _, files in os.walk(os.path.join(REPO, folder)):
             for f in files:
-                if f.endswith(".py") and f != "defaults.py":
-                    source.append(open(os.path.join(root, f)).read())
-    text = "\n".join(source)
-    dead = []
-    for key in _leaf_keys(get_cfg()):
-        if key == "VERSION":
+                path = os.path.join(root, f)
+                if f.endswith(".py") and os.path.relpath(path, REPO) not in exclude:
+                    yield path, open(path).read()
+
+
+def _dead_keys(exclude=()):
+    keys, nodes = set(_leaf_keys(get_cfg())) - {"VERSION"}, set(_nodes(get_cfg()))
+    read = set()
+    for path, text in _sources(exclude):
+        if os.path.basename(os.path.dirname(path)) == "config":  # defaults and validation are not uses
             continue
-        leaf = key.split(".")[-1]
-        # read as cfg.A.B.C, through an alias (x.LEAF) or listed by its full name (validation tables)
-        if not (re.search(r"\." + leaf + r"\b", text) or f'"{key}"' in text):
-            dead.append(key)
-    assert dead == []
+        read |= _keys_read(text, keys, nodes)
+    return sorted(keys - read)
+
+
+def _nodes(node, prefix=""):
+    for k, v in node.items():
+        if hasattr(v, "items"):
+            yield f"{prefix}{k}"
+            yield from _nodes(v, f"{prefix}{k}.")
+
+
+def test_every_key_is_read():
+    """A key no code outside config/ reads (as an attribute chain, found with ast) is a dead key."""
+    assert _dead_keys() == []
+
+
+def test_the_key_test_fails_when_a_read_is_removed(tmp_path):
+    """Removing the only reads of MODEL.RPN.NMS_THRESH and LOSSMIX.BG_WEIGHT (build.py) makes them dead."""
+    text = open(os.path.join(REPO, "lossmix", "modeling", "build.py")).read()
+    keys, nodes = set(_leaf_keys(get_cfg())), set(_nodes(get_cfg()))
+    stripped = text.replace("nms_thresh=rpn.NMS_THRESH, ", "").replace("bg_weight=cfg.LOSSMIX.BG_WEIGHT, ", "")
+    assert stripped != text
+    without = _keys_read(stripped, keys, nodes)
+    assert {"MODEL.RPN.NMS_THRESH", "LOSSMIX.BG_WEIGHT"} <= _keys_read(text, keys, nodes) - without
+    rest = set()
+    for path, source in _sources(exclude=("lossmix/modeling/build.py",)):
+        if os.path.basename(os.path.dirname(path)) != "config":
+            rest |= _keys_read(source, keys, nodes)
+    assert {"MODEL.RPN.NMS_THRESH", "LOSSMIX.BG_WEIGHT"} & (rest | without) == set()
 
 
 def test_names_are_checked_by_their_registries():

@@ -81,7 +81,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, sig):
 
     generate(str(tmp_path / "ds" / "synthetic"), num_train=6, num_test=2, image_size=96, domains=("source",))
     names = {"source_train": "synthetic_source_train", "source_test": "synthetic_source_test"}
-    env = {**os.environ, "LOSSMIX_DATASETS": str(tmp_path / "ds")}
+    env = {**os.environ, "PYTHONPATH": REPO, "LOSSMIX_DATASETS": str(tmp_path / "ds")}
 
     def run(out, *flags):
         return subprocess.run(_train_cmd(names, out)[:2] + list(flags) + _train_cmd(names, out)[2:], env=env,

@@ -6,7 +6,7 @@ import torch
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 from torchvision.models.detection.image_list import ImageList
 
-from lossmix.modeling.build import make_weighted
+from lossmix.modeling.build import make_detector, make_weighted
 from lossmix.modeling.losses import weighted_classification_loss, weighted_objectness_loss
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
@@ -168,3 +168,46 @@ def test_image_without_boxes_trains(stock):
     assert losses["loss_box_reg"].item() == 0 and losses["loss_rpn_box_reg"].item() == 0
     assert losses["loss_objectness"].item() > 0 and losses["loss_classifier"].item() > 0
     sum(losses.values()).backward()
+
+
+def test_torchvision_rpn_call_flow_the_override_relies_on():
+    """WeightedRPN relies on torchvision 0.29 handing assign_targets_to_anchors' first output, untouched and
+    positionally, to compute_loss (setup.py pins the minor version); a change there must fail here."""
+    import ast
+    import inspect
+    import textwrap
+
+    import torchvision
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    from lossmix.modeling.rpn import AnchorAssignment, WeightedRPN
+
+    assert torchvision.__version__.split("+")[0].rsplit(".", 1)[0] == "0.29"
+    params = list(inspect.signature(RegionProposalNetwork.compute_loss).parameters)
+    assert params == ["self", "objectness", "pred_bbox_deltas", "labels", "regression_targets"]
+    assert list(inspect.signature(WeightedRPN.compute_loss).parameters)[3] == "assignments"
+    assert list(inspect.signature(RegionProposalNetwork.assign_targets_to_anchors).parameters) == [
+        "self", "anchors", "targets"]
+    tree = ast.parse(textwrap.dedent(inspect.getsource(RegionProposalNetwork.forward)))
+    assigned = calls = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
+                getattr(node.value.func, "attr", "") == "assign_targets_to_anchors":
+            assigned = node.targets[0].elts[0].id  # the first output's name
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "compute_loss":
+            calls = node
+    assert assigned == "labels" and calls is not None and not calls.keywords
+    assert [getattr(a, "id", None) for a in calls.args][2] == assigned  # passed on untouched, third positional
+    # and at run time the override receives its AnchorAssignments there
+    seen = []
+    real = WeightedRPN.compute_loss
+
+    def spy(self, objectness, deltas, assignments, regression_targets):
+        seen.append(assignments)
+        return real(self, objectness, deltas, assignments, regression_targets)
+
+    model = make_detector(backbone="R18-FPN", norm="BN", trainable_layers=5, returned_layers=(3, 4), fpn_channels=16,
+                          num_classes=2, anchor_sizes=((32,), (64,)), box_head_dim=32).train()
+    model.rpn.compute_loss = spy.__get__(model.rpn)
+    model([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[4.0, 4, 40, 40]]), "labels": torch.tensor([1])}])
+    assert len(seen) == 1 and all(isinstance(a, AnchorAssignment) for a in seen[0])

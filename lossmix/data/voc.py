@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import xml.etree.ElementTree as ET
 from typing import Sequence
 
@@ -43,6 +44,21 @@ def _class_index(class_names: Sequence[str]) -> dict:
     return class_to_id
 
 
+_ASCII_ENCODINGS = (b"utf-8", b"utf8", b"us-ascii", b"ascii", b"iso-8859-1", b"latin-1", b"latin1")
+_ENCODING = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def _plainly_without_dtd(data: bytes) -> bool:
+    """True when ``data`` is in an ASCII-compatible encoding (no NUL byte, no byte-order mark other than
+    UTF-8's, declared encoding absent or UTF-8 / ASCII / Latin-1) and holds no ``<!DOCTYPE`` nor
+    ``<!ENTITY``: then it has no DTD, which is what defusedxml's ``forbid_dtd`` refuses, and expat
+    can parse it with the C tree builder (about 3x faster). Anything else goes through defusedxml."""
+    if b"\x00" in data or data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        return False
+    match = _ENCODING.match(data.lstrip(b"\xef\xbb\xbf"))
+    return match is None or match.group(1).lower() in _ASCII_ENCODINGS
+
+
 def _read_root(xml_path: str) -> ET.Element:
     try:
         with open(xml_path, "rb") as f:
@@ -53,7 +69,10 @@ def _read_root(xml_path: str) -> ET.Element:
         raise BadSampleError(xml_path, f"cannot read annotation file: {err.strerror or err}",
                              kind="unreadable_file") from None
     try:
-        root = SafeET.fromstring(data, forbid_dtd=True)
+        if _plainly_without_dtd(data):  # the C parser: no DTD, so no entity can be declared or expanded
+            root = ET.fromstring(data)
+        else:  # a DTD, or an encoding in which "<!DOCTYPE" might not be spelled in ASCII: defusedxml decides
+            root = SafeET.fromstring(data, forbid_dtd=True)
     except defusedxml.DefusedXmlException as err:
         raise BadSampleError(
             xml_path,
@@ -69,19 +88,17 @@ def _read_root(xml_path: str) -> ET.Element:
 
 def _text(elem: ET.Element, tag: str) -> str | None:
     """Stripped text of ``elem``'s child ``tag``; None when the child is absent or empty."""
-    child = elem.find(tag)
-    if child is None or child.text is None:
-        return None
-    return child.text.strip() or None
+    text = elem.findtext(tag)
+    return (text.strip() or None) if text else None
 
 
 def _number(xml_path: str, elem: ET.Element, tag: str, where: str) -> float:
-    text = _text(elem, tag)
-    if text is None:
-        raise BadSampleError(xml_path, f"{where}: missing <{tag}>", kind="missing_field")
+    text = elem.findtext(tag)
     try:
-        value = float(text)
-    except ValueError:
+        value = float(text)  # float() strips whitespace itself
+    except (TypeError, ValueError):
+        if _text(elem, tag) is None:
+            raise BadSampleError(xml_path, f"{where}: missing <{tag}>", kind="missing_field") from None
         value = math.nan
     if not math.isfinite(value):
         raise BadSampleError(xml_path, f"{where}: <{tag}> is not a finite number: {text!r}", kind="missing_field")
@@ -138,15 +155,16 @@ def _object(xml_path, obj, index, width, height, class_to_id, class_names) -> di
     bndbox = obj.find("bndbox")
     if bndbox is None:
         raise BadSampleError(xml_path, f"{where}: missing <bndbox>", kind="missing_field")
-    xmin, ymin, xmax, ymax = (_number(xml_path, bndbox, tag, where) for tag in _BOX_TAGS)
-    box = f"(xmin, ymin, xmax, ymax) = ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"  # as written in the file
+    xmin, ymin, xmax, ymax = [_number(xml_path, bndbox, tag, where) for tag in _BOX_TAGS]
     # VOC boxes are 1-based inclusive pixel indices; continuous coordinates (x2/y2 exclusive, origin at
     # the image corner) subtract 1 from the minimum corner only: pixel 1..W spans [0, W]. Same as detectron2.
     x1, y1, x2, y2 = xmin - 1.0, ymin - 1.0, xmax, ymax
     if x2 <= x1 or y2 <= y1:
+        box = f"(xmin, ymin, xmax, ymax) = ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"  # as written in the file
         raise BadSampleError(xml_path, f"{where}: degenerate box {box}: needs xmin <= xmax and ymin <= ymax",
                              kind="degenerate_box")
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        box = f"(xmin, ymin, xmax, ymax) = ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"
         raise BadSampleError(xml_path, f"{where}: box {box} lies entirely outside the {width}x{height} image",
                              kind="box_outside_image")
     annotation = {"bbox": [x1, y1, x2, y2], "bbox_mode": BoxMode.XYXY_ABS, "category_id": category_id}

@@ -1,7 +1,8 @@
 """Region proposal network whose losses are weighted per instance (LossMix).
 
-torchvision's ``RegionProposalNetwork.forward`` hands the first output of
-``assign_targets_to_anchors`` to ``compute_loss`` untouched. We override just those two methods:
+torchvision 0.29's ``RegionProposalNetwork.forward`` hands the first output of
+``assign_targets_to_anchors`` to ``compute_loss`` untouched, as its third positional argument
+(``setup.py`` pins that minor version; ``tests/test_weighted_heads.py`` checks this call flow). We override just those two methods:
 ``assign_targets_to_anchors`` returns, instead of one label tensor per image, an
 :class:`AnchorAssignment` that also carries each anchor's weight (its matched instance's weight,
 ``bg_weight`` for background), and ``compute_loss`` applies it. With all weights 1 the losses equal
@@ -95,10 +96,11 @@ class WeightedRPN(WeightedLossMixin, RegionProposalNetwork):
         self,
         objectness: Tensor,
         pred_bbox_deltas: Tensor,
-        labels: list[AnchorAssignment],
+        assignments: list[AnchorAssignment],
         regression_targets: list[Tensor],
     ) -> tuple[Tensor, Tensor]:
-        assignments = labels
+        """torchvision passes this positionally where its own method takes ``labels``: here each image's
+        :class:`AnchorAssignment` (labels for the sampler, loss terms with weights)."""
         sampled_pos, sampled_neg = self.fg_bg_sampler([a.labels for a in assignments])
         sampled = torch.where(torch.cat(sampled_pos) | torch.cat(sampled_neg))[0]
         objectness = objectness.flatten()[sampled]
