@@ -215,6 +215,18 @@ def test_da_results_give_teacher_and_student_tables(tmp_path):
     assert "## Student model" in bm.to_markdown(report)
 
 
+def test_every_shipped_protocol_loads_and_plans(tmp_path, monkeypatch):
+    """configs/benchmark/*.yaml parse and each entry's config (with its overrides) builds and validates."""
+    monkeypatch.chdir(REPO)  # protocols name configs relative to the repository root
+    folder = os.path.join(REPO, "configs", "benchmark")
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".yaml"))
+    assert "smoke.yaml" in names
+    for name in names:
+        proto = bm.load_protocol(os.path.join(folder, name))
+        specs = bm.plan(proto, str(tmp_path / "out"))
+        assert {s.state for s in specs} == {"fresh"} and len(specs) == sum(len(e.seeds) for e in proto.entries)
+
+
 def test_eta():
     assert bm.eta_seconds([100.0, 200.0], waiting=3, running_fractions=[], jobs=1) == 450.0
     assert bm.eta_seconds([100.0], waiting=2, running_fractions=[(40.0, 0.5)], jobs=2) == (200 + 60) / 2
