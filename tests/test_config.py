@@ -46,6 +46,8 @@ def test_unknown_override_names_it():
         ("LOSSMIX.OFF_LAST_ITERS", "-1", r"LOSSMIX.OFF_LAST_ITERS = -1; allowed: >= 0"),
         ("LOSSMIX.NOISE_RANGE", "(0.3, 0.1)", r"NOISE_RANGE"),
         ("SOLVER.STEPS", "(10, 5)", r"SOLVER.STEPS"),
+        ("LOSSMIX.SALIENCY", "itti", r"LOSSMIX.SALIENCY = 'itti'; allowed: fine_grained, spectral_residual"),
+        ("LOSSMIX.PASTE", "fit", r"LOSSMIX.PASTE = 'fit'; allowed: stretch, keep_aspect"),
     ],
 )
 def test_out_of_range_values_rejected(key, value, match):
@@ -56,6 +58,8 @@ def test_out_of_range_values_rejected(key, value, match):
 def test_every_shipped_config_loads():
     found = []
     for root, _, files in os.walk(os.path.join(REPO, "configs")):
+        if os.path.relpath(root, os.path.join(REPO, "configs")).split(os.sep)[0] == "benchmark":
+            continue  # benchmark protocols, not detector configs: tests/test_benchmark.py loads them
         for f in files:
             if f.endswith(".yaml"):
                 build_config(os.path.join(root, f))

@@ -9,6 +9,8 @@ _CHOICES = {
     "LOSSMIX.MODE": ("none", "uniform", "noise", "lossmix"),
     "LOSSMIX.METHOD": ("mixup", "cutmix", "saliencymix"),
     "LOSSMIX.FORMULATION": ("instance", "interpolate"),
+    "LOSSMIX.SALIENCY": ("fine_grained", "spectral_residual"),
+    "LOSSMIX.PASTE": ("stretch", "keep_aspect"),
     "DATALOADER.ON_BAD_SAMPLE": ("error", "skip"),
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
     "TEST.METRIC": ("auto", "voc_area", "voc07", "coco"),

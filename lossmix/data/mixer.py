@@ -47,6 +47,8 @@ class Mixer:
         prob: probability that a sample is mixed.
         noise_range: (low, high) of the partner's blend weight in ``noise`` mode.
         min_visible: patch methods drop instances whose visible fraction is below this.
+        saliency: saliencymix's map, ``fine_grained`` | ``spectral_residual`` (``LOSSMIX.SALIENCY``).
+        paste: how patch methods bring the partner to the base's size, ``stretch`` | ``keep_aspect`` (``LOSSMIX.PASTE``).
         off_last_iters: no mixing in the last this many iterations (0: mix to the end); needs
             ``max_iter`` and ``global_batch`` to place a position in the schedule.
         max_iter: training iterations (``SOLVER.MAX_ITER``).
@@ -55,7 +57,8 @@ class Mixer:
     """
 
     def __init__(self, *, mode: str = "none", method: str = "mixup", alpha: float = 1.0, prob: float = 1.0,
-                 noise_range: Sequence[float] = (0.0, 0.1), min_visible: float = 0.0, off_last_iters: int = 0,
+                 noise_range: Sequence[float] = (0.0, 0.1), min_visible: float = 0.0,
+                 saliency: str = "fine_grained", paste: str = "stretch", off_last_iters: int = 0,
                  max_iter: int = 0, global_batch: int = 1, seed: int = 0):
         if mode not in MODES:
             raise ValueError(f"LOSSMIX.MODE must be one of {MODES}, got {mode!r}")
@@ -66,6 +69,7 @@ class Mixer:
         self.mode, self.method, self.alpha, self.prob = mode, method, alpha, prob
         self.noise_range = tuple(noise_range)
         self.min_visible = min_visible
+        self.saliency, self.paste = saliency, paste
         self.off_last_iters, self.max_iter, self.global_batch = int(off_last_iters), int(max_iter), int(global_batch)
         self.seed = int(seed)
 
@@ -73,8 +77,8 @@ class Mixer:
     def from_config(cls, cfg) -> "Mixer":
         m = cfg.LOSSMIX
         return cls(mode=m.MODE, method=m.METHOD, alpha=m.ALPHA, prob=m.PROB, noise_range=m.NOISE_RANGE,
-                   min_visible=m.MIN_VISIBLE, off_last_iters=m.OFF_LAST_ITERS, max_iter=cfg.SOLVER.MAX_ITER,
-                   global_batch=cfg.SOLVER.IMS_PER_BATCH, seed=cfg.SEED)
+                   min_visible=m.MIN_VISIBLE, saliency=m.SALIENCY, paste=m.PASTE, off_last_iters=m.OFF_LAST_ITERS,
+                   max_iter=cfg.SOLVER.MAX_ITER, global_batch=cfg.SOLVER.IMS_PER_BATCH, seed=cfg.SEED)
 
     @property
     def mixes(self) -> bool:
@@ -104,7 +108,7 @@ class Mixer:
         lam = sample_lambda(self.alpha, rng) if mode in ("uniform", "lossmix") else None
         noise = float(rng.uniform(*self.noise_range)) if mode == "noise" else None
         mixed = mix_pair(sample, partner, mode=mode, method=self.method, lam=lam, rng=rng,
-                         min_visible=self.min_visible, noise_weight=noise)
+                         min_visible=self.min_visible, noise_weight=noise, saliency=self.saliency, paste=self.paste)
         out = {k: sample[k] for k in ("file_name", "image_id", "height", "width") if k in sample}
         out.update(mixed)
         return out
