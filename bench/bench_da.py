@@ -52,10 +52,9 @@ def main(argv=None) -> dict:
     from lossmix.config.setup import build_config
     from lossmix.data import builtin  # noqa: F401
     from lossmix.data.adaptation import build_da_loader
-    from lossmix.engine.teacher import TeacherStudentTrainer, make_teacher
+    from lossmix.engine.recipes.adaptive_teacher import AdaptiveTeacherRecipe
+    from lossmix.engine.recipes.supervised import SupervisedRecipe
     from lossmix.engine.trainer import Trainer
-    from lossmix.modeling.build import build_detector
-    from lossmix.modeling.discriminator import ImageDomainDiscriminator
     from lossmix.engine.schedule import build_optimizer
 
     cfg = build_config(CONFIG, ["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", str(args.batch),
@@ -67,15 +66,14 @@ def main(argv=None) -> dict:
     batches = list(islice(build_da_loader(cfg, start_iter=burn_in), 3))
 
     torch.manual_seed(0)
-    sup_model = build_detector(cfg)
-    sup = Trainer(cfg, sup_model, build_optimizer(cfg, sup_model), None, None, device=device, checkpointer=None)
-    student = build_detector(cfg)
-    disc = ImageDomainDiscriminator.from_config(cfg, in_channels=student.backbone.out_channels)
-    optimizer = build_optimizer(cfg, torch.nn.ModuleDict({"student": student, "discriminator": disc}))
-    da = TeacherStudentTrainer(cfg, student, make_teacher(student), disc, optimizer, None, None, device=device,
-                               checkpointer=None, start_iter=burn_in)
-    sup.model.train()
-    da.model.train()
+    sup_recipe = SupervisedRecipe.from_config(cfg, device=device)
+    sup = Trainer.from_config(cfg, recipe=sup_recipe, optimizer=build_optimizer(cfg, sup_recipe.trainable),
+                              scheduler=None, data_loader=None, device=device, checkpointer=None)
+    da_recipe = AdaptiveTeacherRecipe.from_config(cfg, device=device)
+    da = Trainer.from_config(cfg, recipe=da_recipe, optimizer=build_optimizer(cfg, da_recipe.trainable),
+                             scheduler=None, data_loader=None, device=device, checkpointer=None, start_iter=burn_in)
+    sup_recipe.trainable.train()
+    da_recipe.trainable.train()
 
     times = {"supervised": [], "adaptation": []}
     pseudo = []

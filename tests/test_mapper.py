@@ -109,3 +109,22 @@ def test_mixed_sample_with_no_boxes(dicts):
     assert out["target"]["boxes"].shape == (0, 4)
     back = to_model_input({"image": np.zeros((4, 4, 3), np.uint8), "boxes": np.zeros((0, 4)), "classes": np.zeros(0)})
     assert back["target"]["labels"].shape == (0,)
+
+
+def test_visualiser_shows_exactly_what_the_loader_yields(dicts):
+    """iter_mixed_samples uses the loader's own Mixer (partner rule and generators): same model inputs."""
+    from torch.utils.data import DataLoader
+
+    from lossmix.utils.visualize import iter_mixed_samples
+
+    mixer = Mixer(mode="lossmix", method="cutmix", min_visible=0.1, seed=3)
+    m = LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, mixer=mixer)
+    loader = DataLoader(TrainDataset(dicts, m, seed=3), batch_size=2, sampler=TrainPositions(2, 0, rank=0, world_size=1),
+                        collate_fn=MixCollate(mixer))
+    batches = iter(loader)
+    records = iter_mixed_samples(loader)
+    for _ in range(2):
+        for expected in next(batches):
+            record = next(records)
+            _equal(record["model_input"], expected)
+            assert record["partner"] is not None and 0 < record["mixed"]["lam"] <= 1

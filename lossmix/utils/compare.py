@@ -169,12 +169,12 @@ def _pick_model(data: dict, role: str = "auto") -> tuple[Optional[dict], str]:
 
 
 def has_roles(path: str) -> bool:
-    """Whether a run folder's eval files are ``{role: result}`` maps (a DA run's)."""
+    """Whether a run folder's eval files hold teacher / student results (a DA run's)."""
     eval_dir = os.path.join(path, "eval")
     for fname in sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []:
         if fname.endswith(".json"):
             with open(os.path.join(eval_dir, fname), encoding="utf-8") as f:
-                if "AP50" not in json.load(f):
+                if {"teacher", "student"} & set(json.load(f)):
                     return True
     return False
 
