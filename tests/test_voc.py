@@ -485,3 +485,18 @@ def test_register_coco(tmp_path):
         assert MetadataCatalog.get(name).thing_classes == ["person", "dog"]
     finally:
         DatasetCatalog.remove(name)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "cp037"])
+def test_dtd_hidden_by_a_non_ascii_encoding_is_still_refused(tmp_path, encoding):
+    """The C-parser fast path only takes files that plainly have no DTD in ASCII; a DTD spelled in
+    UTF-16 or EBCDIC (which expat reads via Python's codecs) goes to defusedxml and is refused."""
+    declared = BILLION_LAUGHS.replace('<?xml version="1.0"?>', f'<?xml version="1.0" encoding="{encoding}"?>')
+    path = tmp_path / f"hidden_{encoding}.xml"
+    data = declared.encode(encoding)
+    if encoding == "utf-16-le":
+        data = b"\xff\xfe" + data
+    path.write_bytes(data)
+    assert b"<!DOCTYPE" not in data
+    err = parse_error(str(path))
+    assert err.kind in ("hostile_xml", "malformed_xml") and "lollol" not in str(err)

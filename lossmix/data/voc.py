@@ -81,6 +81,8 @@ def _read_root(xml_path: str) -> ET.Element:
         ) from None
     except ET.ParseError as err:
         raise BadSampleError(xml_path, f"malformed XML: {err}", kind="malformed_xml") from None
+    except ValueError as err:  # e.g. expat: "multi-byte encodings are not supported" (a declared UTF-16-LE)
+        raise BadSampleError(xml_path, f"malformed XML: {err}", kind="malformed_xml") from None
     if root.tag != "annotation":
         raise BadSampleError(xml_path, f"root element is <{root.tag}>, expected <annotation>", kind="malformed_xml")
     return root
