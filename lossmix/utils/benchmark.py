@@ -13,6 +13,10 @@ A *protocol* is a YAML file, ``configs/benchmark/<name>.yaml``::
         CONFIG: configs/quickstart/synthetic_baseline.yaml   # required, relative to the working directory
         OVERRIDES: ["LOSSMIX.MODE", "none"]         # optional, applied after the protocol's OVERRIDES
         SEEDS: [0, 1]                               # optional, replaces the default seeds
+        SHARED_WITH: supervised                     # optional: the runs live in <root>/supervised/<NAME>/seed<k>,
+                                                    #   so one training serves both protocols (configs must agree)
+        INIT_FROM: none                             # optional: MODEL.WEIGHTS = that entry's model_final.pth of the
+                                                    #   same seed; the run starts once that run is complete
 
 Each (entry, seed) is a *run* in ``<output root>/<protocol>/<entry>/seed<k>``, trained by
 ``python tools/train_net.py --config-file CONFIG <protocol overrides> <entry overrides> SEED k OUTPUT_DIR <run>``.
@@ -51,7 +55,7 @@ __all__ = ["ProtocolError", "Entry", "Protocol", "RunSpec", "load_protocol", "pr
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOP_KEYS = {"DESCRIPTION", "SEEDS", "OVERRIDES", "DATASETS", "GAP", "ENTRIES"}
-_ENTRY_KEYS = {"NAME", "CONFIG", "OVERRIDES", "SEEDS"}
+_ENTRY_KEYS = {"NAME", "CONFIG", "OVERRIDES", "SEEDS", "SHARED_WITH", "INIT_FROM"}
 _RESERVED = ("SEED", "OUTPUT_DIR")  # set by the tool for each run
 TRAIN_SPLIT = "_train"  # datasets whose name holds this are training splits (shown apart, as train-split AP)
 
@@ -66,6 +70,8 @@ class Entry:
     config: str
     overrides: list[str]
     seeds: list[int]
+    shared_with: Optional[str] = None  # another protocol whose run folders this entry uses
+    init_from: Optional[str] = None  # an earlier entry whose final weights of the same seed start this one
 
 
 @dataclass
@@ -79,7 +85,10 @@ class Protocol:
     entries: list[Entry]
 
     def run_dir(self, output_root: str, entry: Entry, seed: int) -> str:
-        return os.path.join(output_root, self.name, entry.name, f"seed{seed}")
+        return os.path.join(output_root, entry.shared_with or self.name, entry.name, f"seed{seed}")
+
+    def entry(self, name: str) -> Entry:
+        return next(e for e in self.entries if e.name == name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,9 +169,21 @@ def load_protocol(path: str) -> Protocol:
             raise ProtocolError(f"{path}: {where} has no SEEDS and the protocol has no default SEEDS")
         else:
             seeds = default_seeds
-        entries.append(Entry(name=name, config=config, overrides=overrides + _overrides(e.get("OVERRIDES"), path,
-                                                                                        f"{where}.OVERRIDES"),
-                             seeds=seeds))
+        shared_with, init_from = e.get("SHARED_WITH"), e.get("INIT_FROM")
+        if shared_with is not None and (not isinstance(shared_with, str) or not _NAME.match(shared_with)):
+            raise ProtocolError(f"{path}: {where}.SHARED_WITH must be a protocol name, got {shared_with!r}")
+        if init_from is not None:
+            earlier = {x.name: x for x in entries}
+            if init_from not in earlier:
+                raise ProtocolError(f"{path}: {where}.INIT_FROM = {init_from!r} is not the NAME of an earlier entry")
+            if set(seeds) - set(earlier[init_from].seeds):
+                raise ProtocolError(f"{path}: {where}.INIT_FROM = {init_from!r} lacks seeds "
+                                    f"{sorted(set(seeds) - set(earlier[init_from].seeds))}")
+        entry_overrides = overrides + _overrides(e.get("OVERRIDES"), path, f"{where}.OVERRIDES")
+        if init_from is not None and "MODEL.WEIGHTS" in entry_overrides[0::2]:
+            raise ProtocolError(f"{path}: {where} sets both INIT_FROM and MODEL.WEIGHTS")
+        entries.append(Entry(name=name, config=config, overrides=entry_overrides, seeds=seeds,
+                             shared_with=shared_with, init_from=init_from))
     gap = data.get("GAP")
     if gap is not None:
         if not isinstance(gap, dict) or set(gap) != {"SOURCE_ONLY", "ORACLE"}:
@@ -191,6 +212,7 @@ class RunSpec:
     max_iter: int
     state: str = "fresh"
     changed_keys: dict = field(default_factory=dict)
+    after: Optional[str] = None  # output_dir of the run whose final weights this one starts from
 
     def command(self, python: str = sys.executable, train_net: str = "tools/train_net.py") -> list[str]:
         resume = ["--resume"] if self.state == "resume" else []
@@ -254,7 +276,12 @@ def plan(protocol: Protocol, output_root: str) -> list[RunSpec]:
     for entry in protocol.entries:
         for seed in entry.seeds:
             out = protocol.run_dir(output_root, entry, seed)
-            opts = list(entry.overrides) + ["SEED", str(seed), "OUTPUT_DIR", out]
+            after = None
+            init = []
+            if entry.init_from:
+                after = protocol.run_dir(output_root, protocol.entry(entry.init_from), seed)
+                init = ["MODEL.WEIGHTS", os.path.join(after, "model_final.pth")]
+            opts = list(entry.overrides) + init + ["SEED", str(seed), "OUTPUT_DIR", out]
             try:
                 cfg = build_config(entry.config, opts)
             except (KeyError, ValueError, FileNotFoundError) as err:
@@ -264,7 +291,7 @@ def plan(protocol: Protocol, output_root: str) -> list[RunSpec]:
             state, diffs = run_state(out, expected, list(cfg.DATASETS.TEST), defaults=defaults)
             specs.append(RunSpec(entry=entry.name, seed=seed, output_dir=out, config_file=entry.config, opts=opts,
                                  tests=list(cfg.DATASETS.TEST), max_iter=int(cfg.SOLVER.MAX_ITER), state=state,
-                                 changed_keys=diffs))
+                                 changed_keys=diffs, after=after))
     return specs
 
 
@@ -342,9 +369,14 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
     # the runs import the same lossmix as this process (a checkout's, not another install's)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in [env.get("PYTHONPATH")] if p])
+    pending = {s.output_dir for s in todo}  # a run INIT_FROM one of these waits until it has finished
     while todo or running:
-        while todo and len(running) < jobs:
-            spec = todo.pop(0)
+        while len(running) < jobs:
+            ready = [s for s in todo if s.after is None or s.after not in pending]
+            if not ready:
+                break
+            spec = ready[0]
+            todo.remove(spec)
             if spec.state == "changed":
                 log(f"[benchmark] deleting {spec.output_dir}: {describe_changed(spec)}")
                 shutil.rmtree(spec.output_dir)
@@ -357,6 +389,11 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
             running.append((spec, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env),
                             time.monotonic(), logf))
             progress(f"started {spec.entry} seed {spec.seed}{' (resumed)' if spec.state == 'resume' else ''}")
+        if todo and not running:  # every run left starts from one that failed
+            for spec in todo:
+                failures.append(spec)
+                log(f"[benchmark] NOT RUN {spec.entry} seed {spec.seed}: it starts from {spec.after}, which failed")
+            todo.clear()
         time.sleep(0.2)
         for item in list(running):
             spec, proc, t0, logf = item
@@ -368,6 +405,7 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
             _record_attempt(spec, seconds, threads, proc.returncode)
             finished.append({"run": spec.output_dir, "returncode": proc.returncode, "seconds": round(seconds, 1)})
             if proc.returncode == 0:
+                pending.discard(spec.output_dir)
                 done_seconds.append(seconds)
                 progress(f"finished {spec.entry} seed {spec.seed} in {_fmt_seconds(seconds)}")
             else:
