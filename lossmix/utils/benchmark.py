@@ -336,7 +336,7 @@ def _last_iteration(run_dir: str) -> int:
 def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] = None,
             python: str = sys.executable, train_net: str = "tools/train_net.py", rerun_changed: bool = False,
             log: Callable[[str], None] = print, progress_every: float = 60.0) -> list[dict]:
-    """Train every run that is not complete, ``jobs`` at a time, each with ``threads`` OpenMP threads.
+    """Train every run that is not complete, ``jobs`` at a time (seed-major order), each with ``threads`` threads.
 
     Changed runs raise ``RuntimeError`` (naming each run and key) unless ``rerun_changed``: their
     folder is then deleted and trained again. Each run's output goes to ``<run>/benchmark.log``, its
@@ -349,7 +349,9 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
         raise RuntimeError("runs exist with another config (use --rerun-changed to delete and retrain them):\n  "
                            + "\n  ".join(describe_changed(s) for s in changed))
     threads = threads or (1 if jobs > 1 else (os.cpu_count() or 1))
-    todo = [s for s in specs if s.state != "complete"]
+    # seed-major: every entry's first seed before any second seed, so a cut-short session still gives a table
+    seed_rank = {seed: i for i, seed in enumerate(sorted({s.seed for s in specs}))}
+    todo = sorted((s for s in specs if s.state != "complete"), key=lambda s: seed_rank[s.seed])
     total, skipped = len(specs), len(specs) - len(todo)
     done_seconds, finished, failures = [], [], []
     running: list[tuple[RunSpec, subprocess.Popen, float, object]] = []
