@@ -258,3 +258,79 @@ def test_tool_end_to_end(tmp_path):
     assert report["curves"]["synthetic_source_test"]["none"]["iterations"] == [1, 2]
     again = subprocess.run(cmd + ["--dry-run"], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "2 runs (2 complete)" in again.stdout
+
+
+CHAIN = """
+SEEDS: [0, 1]
+ENTRIES:
+  - {NAME: source_only, CONFIG: CONFIG_FILE, SHARED_WITH: supervised}
+  - {NAME: at, CONFIG: CONFIG_FILE, INIT_FROM: source_only}
+"""
+
+
+def test_shared_runs_and_init_from_plan(tmp_path):
+    proto = bm.load_protocol(_protocol(tmp_path, CHAIN, name="adaptation"))
+    out = str(tmp_path / "out")
+    specs = {(s.entry, s.seed): s for s in bm.plan(proto, out)}
+    shared = os.path.join(out, "supervised", "source_only", "seed1")
+    assert specs["source_only", 1].output_dir == shared and specs["source_only", 1].after is None
+    at = specs["at", 1]
+    assert at.output_dir == os.path.join(out, "adaptation", "at", "seed1") and at.after == shared
+    weights = at.opts[at.opts.index("MODEL.WEIGHTS") + 1]
+    assert weights == os.path.join(shared, "model_final.pth")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("SEEDS: [0]\nENTRIES:\n  - {NAME: at, CONFIG: CONFIG_FILE, INIT_FROM: later}\n"
+     "  - {NAME: later, CONFIG: CONFIG_FILE}\n", "not the NAME of an earlier entry"),
+    ("ENTRIES:\n  - {NAME: a, CONFIG: CONFIG_FILE, SEEDS: [0]}\n"
+     "  - {NAME: b, CONFIG: CONFIG_FILE, SEEDS: [0, 1], INIT_FROM: a}\n", r"lacks seeds \[1\]"),
+    ("SEEDS: [0]\nENTRIES:\n  - {NAME: a, CONFIG: CONFIG_FILE}\n  - {NAME: b, CONFIG: CONFIG_FILE, INIT_FROM: a,"
+     " OVERRIDES: [MODEL.WEIGHTS, x.pth]}\n", "both INIT_FROM and MODEL.WEIGHTS"),
+    ("SEEDS: [0]\nENTRIES:\n  - {NAME: a, CONFIG: CONFIG_FILE, SHARED_WITH: ../x}\n", "SHARED_WITH must be"),
+])
+def test_init_from_and_shared_with_errors_name_the_key(tmp_path, text, message):
+    with pytest.raises(bm.ProtocolError, match=message):
+        bm.load_protocol(_protocol(tmp_path, text))
+
+
+def test_a_run_waits_for_the_run_it_starts_from(tmp_path):
+    """With two jobs, 'at' must not start before 'source_only' of its seed has finished (a fake train_net)."""
+    fake = tmp_path / "fake_train_net.py"
+    fake.write_text(
+        "import os, sys, time\n"
+        "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
+        "with open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(out))), 'events'), 'a') as f:\n"
+        "    f.write(f'start {out}\\n'); f.flush(); time.sleep(0.5); f.write(f'end {out}\\n')\n")
+    proto = bm.load_protocol(_protocol(tmp_path, CHAIN.replace("SEEDS: [0, 1]", "SEEDS: [0]"), name="adaptation"))
+    out = str(tmp_path / "out")
+    bm.execute(bm.plan(proto, out), jobs=2, train_net=str(fake), log=lambda _: None)
+    events = [line.split()[0] + " " + line.split()[1].split(os.sep)[-2]
+              for line in (tmp_path / "out" / "events").read_text().splitlines()]
+    assert events == ["start source_only", "end source_only", "start at", "end at"]
+
+
+def test_claim_verdicts_on_hand_computed_spreads():
+    # means 33 vs 30, sample stds 1 and 1, n 3 and 3: se = sqrt(1/3 + 1/3) = 0.8165, 2 se = 1.633 < 3
+    v = bm.claim_verdict([32.0, 33.0, 34.0], [29.0, 30.0, 31.0])
+    assert v["verdict"] == "holds" and v["difference"] == pytest.approx(3.0) and v["se"] == pytest.approx(0.8165, abs=1e-4)
+    assert bm.claim_verdict([29.0, 30.0, 31.0], [32.0, 33.0, 34.0])["verdict"] == "does not hold"
+    assert bm.claim_verdict([30.0, 32.0, 34.0], [29.0, 30.0, 31.0])["verdict"] == "within the spread"  # 1 < 2 * 1.29
+    assert bm.claim_verdict([35.0], [30.0, 31.0])["verdict"] == "not judged (n = 1)"
+    assert bm.claim_verdict([], [30.0])["verdict"] == "missing runs"
+
+
+def test_claims_are_judged_in_the_report(tmp_path):
+    text = PROTO.replace("ENTRIES:", 'CLAIMS:\n  - {CLAIM: "LossMix > none", BETTER: lossmix, THAN: none, '
+                                     'DATASET: synthetic_source_test}\nENTRIES:')
+    proto = bm.load_protocol(_protocol(tmp_path, text))
+    specs = bm.plan(proto, str(tmp_path / "out"))
+    for spec in specs:
+        ap = {"none": 30.0, "lossmix": 33.0, "oracle": 50.0}[spec.entry] + spec.seed - 1
+        _fake_run(spec, {"synthetic_source_test": ap})
+    report = bm.build_report(proto, bm.plan(proto, str(tmp_path / "out")))
+    (claim,) = report["claims"]
+    assert claim["verdict"] == "holds" and claim["better_mean"] == 33.0 and claim["than_mean"] == 30.0
+    assert "| LossMix > none | synthetic_source_test | 33.0 vs 30.0 | +3.0 ± 0.8 | 3 vs 3 | **holds** |" in bm.to_markdown(report)
+    with pytest.raises(bm.ProtocolError, match=r"CLAIMS\[0\].THAN = 'nope' is not an entry NAME"):
+        bm.load_protocol(_protocol(tmp_path, text.replace("THAN: none", "THAN: nope")))

@@ -48,6 +48,7 @@ def test_unknown_override_names_it():
         ("SOLVER.STEPS", "(10, 5)", r"SOLVER.STEPS"),
         ("LOSSMIX.SALIENCY", "itti", r"LOSSMIX.SALIENCY = 'itti'; allowed: fine_grained, spectral_residual"),
         ("LOSSMIX.PASTE", "fit", r"LOSSMIX.PASTE = 'fit'; allowed: stretch, keep_aspect"),
+        ("TEST.EVAL_PERIOD_DATASETS", "('b',)", r"\['b'\] not in DATASETS.TEST; allowed: a subset of \[\]"),
     ],
 )
 def test_out_of_range_values_rejected(key, value, match):

@@ -149,33 +149,26 @@ def test_colour_cue_knob_changes_only_the_source_and_is_stamped(tmp_path):
         generate(tmp_path, domains=["source"], class_hue_prob=1.5, **TINY)
 
 
-def _class_hue_concentration(domain: str, num_images: int) -> tuple:
+def _class_hue_concentration(domain: str, num_images: int, **kwargs) -> tuple:
     """Mean over classes of the resultant length of object hues (1: one hue per class, ~0: any hue),
     and the median object saturation, measured from pixels at the centres of unoccluded objects."""
-    hues = {name: [] for name in SYNTHETIC_CLASSES if name != "ring"}  # a ring's centre is background
+    hues = {name: [] for name in SYNTHETIC_CLASSES if name != "ring"}
     saturations = []
-    for index in range(num_images):
-        image, annotations = render_sample(domain, seed=0, split="test", index=index)
-        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL).astype(np.float64)
-        for ann in annotations:
-            name = SYNTHETIC_CLASSES[ann["category_id"]]
-            x1, y1, x2, y2 = ann["bbox"]
-            if name not in hues or ann["visible_fraction"] < 1 or x2 - x1 < 24:
-                continue
-            cx, cy, r = int((x1 + x2) / 2), int((y1 + y2) / 2), max(1, int(0.08 * (x2 - x1)))
-            patch = hsv[cy - r:cy + r + 1, cx - r:cx + r + 1].reshape(-1, 3)
-            hues[name].append(np.angle(np.exp(1j * patch[:, 0] / 256 * 2 * np.pi).mean()))
-            saturations.append(np.median(patch[:, 1]) / 255)
+    for name, hue, saturation in _object_centre_hues(domain, num_images, **kwargs):
+        hues[name].append(np.radians(hue))
+        saturations.append(saturation)
     assert min(len(h) for h in hues.values()) >= 5, "too few objects to measure"
     concentration = np.mean([abs(np.exp(1j * np.array(h)).mean()) for h in hues.values()])
     return concentration, float(np.median(saturations))
 
 
 def test_colour_identifies_the_class_in_the_source_only():
-    source, source_sat = _class_hue_concentration("source", 30)
+    source, source_sat = _class_hue_concentration("source", 30, class_hue_prob=0.9)
+    calibrated, _ = _class_hue_concentration("source", 30)  # SOURCE_CLASS_HUE_PROB: a partial cue
     clipart, clipart_sat = _class_hue_concentration("clipart", 30)
     watercolor, watercolor_sat = _class_hue_concentration("watercolor", 30)
     assert source > 0.7
+    assert 0.45 < calibrated < 0.65  # about half the objects show their class's hue, the rest any hue
     assert clipart < 0.5 and watercolor < 0.5  # a uniform hue scores ~0.3 with this many objects
     assert clipart_sat > 0.8  # flat saturated palette
     assert watercolor_sat < 0.5 and watercolor_sat + 0.15 < source_sat  # washed-out pigments

@@ -109,6 +109,7 @@ _C.SOLVER.MAX_BAD_STEPS = 5  # consecutive non-finite losses before training sto
 
 _C.TEST = CfgNode()
 _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
+_C.TEST.EVAL_PERIOD_DATASETS = ()  # the DATASETS.TEST evaluated every EVAL_PERIOD (learning curves); () = all; the end evaluates all
 _C.TEST.METRIC = "auto"  # auto (from dataset metadata) | voc_area | voc07 | coco
 
 _C.RECIPE = "auto"  # training recipe registered in lossmix.engine.recipes (supervised, adaptive_teacher); auto = adaptive_teacher when DA.ENABLED, else supervised

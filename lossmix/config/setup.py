@@ -83,6 +83,10 @@ def validate(cfg: CfgNode) -> None:
         raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {cfg.INPUT.MIN_SIZE_TRAIN}; allowed: positive sizes")
     if any(s < 0 for s in cfg.SOLVER.STEPS) or list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
         raise ConfigError(f"SOLVER.STEPS = {cfg.SOLVER.STEPS}; allowed: increasing non-negative iterations")
+    extra = [d for d in cfg.TEST.EVAL_PERIOD_DATASETS if d not in cfg.DATASETS.TEST]
+    if extra:
+        raise ConfigError(f"TEST.EVAL_PERIOD_DATASETS = {list(cfg.TEST.EVAL_PERIOD_DATASETS)}: {extra} not in "
+                          f"DATASETS.TEST; allowed: a subset of {list(cfg.DATASETS.TEST)}")
     off = cfg.LOSSMIX.OFF_LAST_ITERS
     if isinstance(off, bool) or not isinstance(off, int) or off > cfg.SOLVER.MAX_ITER:
         raise ConfigError(f"LOSSMIX.OFF_LAST_ITERS = {off!r}; allowed: an int in [0, SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER}]")

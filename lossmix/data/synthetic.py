@@ -60,7 +60,7 @@ SPLITS = ("train", "test")
 
 # Bump whenever the pixels or annotations produced for a given seed change: stamps then
 # stop matching and stale folders are regenerated instead of being taken for current ones.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 STAMP_NAME = ".synthetic.json"
 JPEG_QUALITY = 95
 
@@ -83,7 +83,7 @@ SOURCE_HUE_JITTER_DEG = 8.0  # std of the per-object hue jitter around the class
 # Probability that a source object takes its class's typical hue; the others take a uniformly random
 # hue. The "colour cue" knob: at 1 hue gives the class away, at 1/6 it carries no information beyond
 # chance, so shape must be learnt. Overridable per call (``class_hue_prob``); recorded in the stamp.
-SOURCE_CLASS_HUE_PROB = 0.9
+SOURCE_CLASS_HUE_PROB = 0.5  # calibrated: docs/benchmark.md
 SOURCE_GRAIN = 0.02  # std of the per-pixel sensor noise (intensity in [0, 1])
 
 # --- clipart style ---------------------------------------------------------------------

@@ -53,7 +53,9 @@ def run(cfg, *, resume: bool = False, eval_only: bool = False) -> dict:
     trainer = Trainer.from_config(
         cfg, recipe=recipe, optimizer=optimizer, scheduler=scheduler,
         data_loader=recipe.build_loader(cfg, start_iter=start_iter), checkpointer=checkpointer, device=device,
-        start_iter=start_iter, evaluate=lambda iteration: evaluate(cfg, recipe.eval_models(iteration), device))
+        start_iter=start_iter,
+        evaluate=lambda iteration: evaluate(cfg, recipe.eval_models(iteration), device,
+                                            cfg.TEST.EVAL_PERIOD_DATASETS or None))
     summary = trainer.train()
     summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
     if summary["skipped_bad_samples"]:

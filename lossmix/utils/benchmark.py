@@ -8,11 +8,17 @@ A *protocol* is a YAML file, ``configs/benchmark/<name>.yaml``::
     DATASETS: ["synthetic_source_test"]             # optional: the eval results tabulated (default: every one found)
     GAP: {SOURCE_ONLY: source_only, ORACLE: oracle} # optional: adds the share of the gap closed per dataset,
                                                     #   (entry - source_only) / (oracle - source_only), on the means
+    CLAIMS:                                         # optional: claims judged in the report (see claim_verdict)
+      - {CLAIM: "LossMix > no mixing", BETTER: lossmix, THAN: none, DATASET: synthetic_source_test}
     ENTRIES:                                        # required, a non-empty list
       - NAME: none                                  # required, unique, letters / digits / . _ - (a folder name)
         CONFIG: configs/quickstart/synthetic_baseline.yaml   # required, relative to the working directory
         OVERRIDES: ["LOSSMIX.MODE", "none"]         # optional, applied after the protocol's OVERRIDES
         SEEDS: [0, 1]                               # optional, replaces the default seeds
+        SHARED_WITH: supervised                     # optional: the runs live in <root>/supervised/<NAME>/seed<k>,
+                                                    #   so one training serves both protocols (configs must agree)
+        INIT_FROM: none                             # optional: MODEL.WEIGHTS = that entry's model_final.pth of the
+                                                    #   same seed; the run starts once that run is complete
 
 Each (entry, seed) is a *run* in ``<output root>/<protocol>/<entry>/seed<k>``, trained by
 ``python tools/train_net.py --config-file CONFIG <protocol overrides> <entry overrides> SEED k OUTPUT_DIR <run>``.
@@ -50,8 +56,9 @@ __all__ = ["ProtocolError", "Entry", "Protocol", "RunSpec", "load_protocol", "pr
            "eta_seconds", "execute", "machine_info", "build_report", "to_markdown", "write_report"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TOP_KEYS = {"DESCRIPTION", "SEEDS", "OVERRIDES", "DATASETS", "GAP", "ENTRIES"}
-_ENTRY_KEYS = {"NAME", "CONFIG", "OVERRIDES", "SEEDS"}
+_TOP_KEYS = {"DESCRIPTION", "SEEDS", "OVERRIDES", "DATASETS", "GAP", "CLAIMS", "ENTRIES"}
+_CLAIM_KEYS = {"CLAIM", "BETTER", "THAN", "DATASET"}
+_ENTRY_KEYS = {"NAME", "CONFIG", "OVERRIDES", "SEEDS", "SHARED_WITH", "INIT_FROM"}
 _RESERVED = ("SEED", "OUTPUT_DIR")  # set by the tool for each run
 TRAIN_SPLIT = "_train"  # datasets whose name holds this are training splits (shown apart, as train-split AP)
 
@@ -66,6 +73,8 @@ class Entry:
     config: str
     overrides: list[str]
     seeds: list[int]
+    shared_with: Optional[str] = None  # another protocol whose run folders this entry uses
+    init_from: Optional[str] = None  # an earlier entry whose final weights of the same seed start this one
 
 
 @dataclass
@@ -77,9 +86,13 @@ class Protocol:
     datasets: list[str]  # empty: every dataset found
     gap: Optional[dict]  # {"SOURCE_ONLY": entry, "ORACLE": entry} or None
     entries: list[Entry]
+    claims: list[dict] = field(default_factory=list)  # {"CLAIM", "BETTER", "THAN", "DATASET"}
 
     def run_dir(self, output_root: str, entry: Entry, seed: int) -> str:
-        return os.path.join(output_root, self.name, entry.name, f"seed{seed}")
+        return os.path.join(output_root, entry.shared_with or self.name, entry.name, f"seed{seed}")
+
+    def entry(self, name: str) -> Entry:
+        return next(e for e in self.entries if e.name == name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,9 +173,21 @@ def load_protocol(path: str) -> Protocol:
             raise ProtocolError(f"{path}: {where} has no SEEDS and the protocol has no default SEEDS")
         else:
             seeds = default_seeds
-        entries.append(Entry(name=name, config=config, overrides=overrides + _overrides(e.get("OVERRIDES"), path,
-                                                                                        f"{where}.OVERRIDES"),
-                             seeds=seeds))
+        shared_with, init_from = e.get("SHARED_WITH"), e.get("INIT_FROM")
+        if shared_with is not None and (not isinstance(shared_with, str) or not _NAME.match(shared_with)):
+            raise ProtocolError(f"{path}: {where}.SHARED_WITH must be a protocol name, got {shared_with!r}")
+        if init_from is not None:
+            earlier = {x.name: x for x in entries}
+            if init_from not in earlier:
+                raise ProtocolError(f"{path}: {where}.INIT_FROM = {init_from!r} is not the NAME of an earlier entry")
+            if set(seeds) - set(earlier[init_from].seeds):
+                raise ProtocolError(f"{path}: {where}.INIT_FROM = {init_from!r} lacks seeds "
+                                    f"{sorted(set(seeds) - set(earlier[init_from].seeds))}")
+        entry_overrides = overrides + _overrides(e.get("OVERRIDES"), path, f"{where}.OVERRIDES")
+        if init_from is not None and "MODEL.WEIGHTS" in entry_overrides[0::2]:
+            raise ProtocolError(f"{path}: {where} sets both INIT_FROM and MODEL.WEIGHTS")
+        entries.append(Entry(name=name, config=config, overrides=entry_overrides, seeds=seeds,
+                             shared_with=shared_with, init_from=init_from))
     gap = data.get("GAP")
     if gap is not None:
         if not isinstance(gap, dict) or set(gap) != {"SOURCE_ONLY", "ORACLE"}:
@@ -170,9 +195,18 @@ def load_protocol(path: str) -> Protocol:
         for key, value in gap.items():
             if value not in (x.name for x in entries):
                 raise ProtocolError(f"{path}: GAP.{key} = {value!r} is not an entry NAME")
+    claims = data.get("CLAIMS") or []
+    if not isinstance(claims, list):
+        raise ProtocolError(f"{path}: CLAIMS must be a list of {{CLAIM, BETTER, THAN, DATASET}}, got {claims!r}")
+    for i, claim in enumerate(claims):
+        if not isinstance(claim, dict) or set(claim) != _CLAIM_KEYS:
+            raise ProtocolError(f"{path}: CLAIMS[{i}] must have exactly the keys {sorted(_CLAIM_KEYS)}, got {claim!r}")
+        for key in ("BETTER", "THAN"):
+            if claim[key] not in (x.name for x in entries):
+                raise ProtocolError(f"{path}: CLAIMS[{i}].{key} = {claim[key]!r} is not an entry NAME")
     name = os.path.splitext(os.path.basename(path))[0]
     return Protocol(name=name, path=path, description=str(data.get("DESCRIPTION") or ""), overrides=overrides,
-                    datasets=list(datasets), gap=gap, entries=entries)
+                    datasets=list(datasets), gap=gap, entries=entries, claims=claims)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +225,7 @@ class RunSpec:
     max_iter: int
     state: str = "fresh"
     changed_keys: dict = field(default_factory=dict)
+    after: Optional[str] = None  # output_dir of the run whose final weights this one starts from
 
     def command(self, python: str = sys.executable, train_net: str = "tools/train_net.py") -> list[str]:
         resume = ["--resume"] if self.state == "resume" else []
@@ -254,7 +289,12 @@ def plan(protocol: Protocol, output_root: str) -> list[RunSpec]:
     for entry in protocol.entries:
         for seed in entry.seeds:
             out = protocol.run_dir(output_root, entry, seed)
-            opts = list(entry.overrides) + ["SEED", str(seed), "OUTPUT_DIR", out]
+            after = None
+            init = []
+            if entry.init_from:
+                after = protocol.run_dir(output_root, protocol.entry(entry.init_from), seed)
+                init = ["MODEL.WEIGHTS", os.path.join(after, "model_final.pth")]
+            opts = list(entry.overrides) + init + ["SEED", str(seed), "OUTPUT_DIR", out]
             try:
                 cfg = build_config(entry.config, opts)
             except (KeyError, ValueError, FileNotFoundError) as err:
@@ -264,7 +304,7 @@ def plan(protocol: Protocol, output_root: str) -> list[RunSpec]:
             state, diffs = run_state(out, expected, list(cfg.DATASETS.TEST), defaults=defaults)
             specs.append(RunSpec(entry=entry.name, seed=seed, output_dir=out, config_file=entry.config, opts=opts,
                                  tests=list(cfg.DATASETS.TEST), max_iter=int(cfg.SOLVER.MAX_ITER), state=state,
-                                 changed_keys=diffs))
+                                 changed_keys=diffs, after=after))
     return specs
 
 
@@ -309,7 +349,7 @@ def _last_iteration(run_dir: str) -> int:
 def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] = None,
             python: str = sys.executable, train_net: str = "tools/train_net.py", rerun_changed: bool = False,
             log: Callable[[str], None] = print, progress_every: float = 60.0) -> list[dict]:
-    """Train every run that is not complete, ``jobs`` at a time, each with ``threads`` OpenMP threads.
+    """Train every run that is not complete, ``jobs`` at a time (seed-major order), each with ``threads`` threads.
 
     Changed runs raise ``RuntimeError`` (naming each run and key) unless ``rerun_changed``: their
     folder is then deleted and trained again. Each run's output goes to ``<run>/benchmark.log``, its
@@ -322,7 +362,9 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
         raise RuntimeError("runs exist with another config (use --rerun-changed to delete and retrain them):\n  "
                            + "\n  ".join(describe_changed(s) for s in changed))
     threads = threads or (1 if jobs > 1 else (os.cpu_count() or 1))
-    todo = [s for s in specs if s.state != "complete"]
+    # seed-major: every entry's first seed before any second seed, so a cut-short session still gives a table
+    seed_rank = {seed: i for i, seed in enumerate(sorted({s.seed for s in specs}))}
+    todo = sorted((s for s in specs if s.state != "complete"), key=lambda s: seed_rank[s.seed])
     total, skipped = len(specs), len(specs) - len(todo)
     done_seconds, finished, failures = [], [], []
     running: list[tuple[RunSpec, subprocess.Popen, float, object]] = []
@@ -342,9 +384,14 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
     # the runs import the same lossmix as this process (a checkout's, not another install's)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in [env.get("PYTHONPATH")] if p])
+    pending = {s.output_dir for s in todo}  # a run INIT_FROM one of these waits until it has finished
     while todo or running:
-        while todo and len(running) < jobs:
-            spec = todo.pop(0)
+        while len(running) < jobs:
+            ready = [s for s in todo if s.after is None or s.after not in pending]
+            if not ready:
+                break
+            spec = ready[0]
+            todo.remove(spec)
             if spec.state == "changed":
                 log(f"[benchmark] deleting {spec.output_dir}: {describe_changed(spec)}")
                 shutil.rmtree(spec.output_dir)
@@ -357,6 +404,11 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
             running.append((spec, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env),
                             time.monotonic(), logf))
             progress(f"started {spec.entry} seed {spec.seed}{' (resumed)' if spec.state == 'resume' else ''}")
+        if todo and not running:  # every run left starts from one that failed
+            for spec in todo:
+                failures.append(spec)
+                log(f"[benchmark] NOT RUN {spec.entry} seed {spec.seed}: it starts from {spec.after}, which failed")
+            todo.clear()
         time.sleep(0.2)
         for item in list(running):
             spec, proc, t0, logf = item
@@ -368,6 +420,7 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
             _record_attempt(spec, seconds, threads, proc.returncode)
             finished.append({"run": spec.output_dir, "returncode": proc.returncode, "seconds": round(seconds, 1)})
             if proc.returncode == 0:
+                pending.discard(spec.output_dir)
                 done_seconds.append(seconds)
                 progress(f"finished {spec.entry} seed {spec.seed} in {_fmt_seconds(seconds)}")
             else:
@@ -459,6 +512,40 @@ def gap_closed(summary: dict, source_only: str, oracle: str) -> dict[str, dict[s
     return out
 
 
+def claim_verdict(better: Sequence[float], than: Sequence[float]) -> dict:
+    """Is ``mean(better) > mean(than)`` beyond the seed-to-seed spread?
+
+    ``difference`` = the difference of the means; ``se`` = its standard error,
+    sqrt(s_b^2 / n_b + s_t^2 / n_t) with sample variances. The verdict is ``holds`` when the difference
+    exceeds 2 se, ``does not hold`` when it is below -2 se, else ``within the spread``; with fewer than
+    two runs on either side there is no spread to judge by: ``not judged (n = 1)``. A rule of thumb, not
+    a significance test: with 3 seeds a real effect of one standard error is often ``within the spread``.
+    """
+    b, t = [v for v in better if math.isfinite(v)], [v for v in than if math.isfinite(v)]
+    if not b or not t:
+        return {"difference": float("nan"), "se": float("nan"), "verdict": "missing runs", "n": [len(b), len(t)]}
+    diff = sum(b) / len(b) - sum(t) / len(t)
+    if len(b) < 2 or len(t) < 2:
+        return {"difference": diff, "se": float("nan"), "verdict": "not judged (n = 1)", "n": [len(b), len(t)]}
+    (_, std_b, _), (_, std_t, _) = compare.mean_std(b), compare.mean_std(t)
+    se = math.sqrt(std_b ** 2 / len(b) + std_t ** 2 / len(t))
+    verdict = "holds" if diff > 2 * se else "does not hold" if diff < -2 * se else "within the spread"
+    return {"difference": diff, "se": se, "verdict": verdict, "n": [len(b), len(t)]}
+
+
+def judge_claims(protocol: Protocol, summary: dict) -> list[dict]:
+    """Each of the protocol's CLAIMS with the two entries' means and its :func:`claim_verdict`."""
+    out = []
+    for claim in protocol.claims:
+        rows = {row.method: row for row in summary.get(claim["DATASET"], [])}
+        better, than = rows.get(claim["BETTER"]), rows.get(claim["THAN"])
+        result = claim_verdict(better.ap_values if better else [], than.ap_values if than else [])
+        out.append({"claim": claim["CLAIM"], "better": claim["BETTER"], "than": claim["THAN"],
+                    "dataset": claim["DATASET"], "better_mean": better.ap_mean if better else float("nan"),
+                    "than_mean": than.ap_mean if than else float("nan"), **result})
+    return out
+
+
 def _filter(runs: list, datasets: Sequence[str]) -> list:
     if not datasets:
         return runs
@@ -507,6 +594,7 @@ def build_report(protocol: Protocol, specs: Sequence[RunSpec], *, command: str =
         "summary": _summary_json(summary),
         "roles": {role: _summary_json(s) for role, s in role_summaries.items()},
         "gap_closed": gap,
+        "claims": judge_claims(protocol, summary),
         "curves": {d: {c.method: {"iterations": c.iterations, "mean": c.mean, "std": c.std, "n": c.n,
                                   "values": {p: {str(i): v for i, v in pts.items()} for p, pts in c.values.items()}}
                        for c in rows} for d, rows in curves.items()},
@@ -560,6 +648,17 @@ def to_markdown(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if gap:
         lines += ["", "Gap closed = (entry − source only) / (oracle − source only), on the means."]
+    if report.get("claims"):
+        lines += ["", "## Claims", "", "Verdict: *holds* when the difference of the means exceeds twice its standard "
+                  "error (sample std over seeds), *does not hold* when it is below minus that, else *within the spread*.",
+                  "", "| claim | on | means | difference ± se | n | verdict |", "|---|---|---:|---:|---:|---|"]
+        for c in report["claims"]:
+            se = f" ± {c['se']:.1f}" if math.isfinite(c["se"]) else ""
+            diff = f"{c['difference']:+.1f}{se}" if math.isfinite(c["difference"]) else "–"
+            means = (f"{c['better_mean']:.1f} vs {c['than_mean']:.1f}"
+                     if math.isfinite(c["better_mean"]) and math.isfinite(c["than_mean"]) else "–")
+            lines.append(f"| {c['claim']} | {_dataset_label(c['dataset'])} | {means} | {diff} | "
+                         f"{c['n'][0]} vs {c['n'][1]} | **{c['verdict']}** |")
     lines += ["", "## Per class", "", compare.to_markdown(summary, show_n=True).rstrip()]
     for role, role_summary in report["_objects"]["roles"].items():
         lines += ["", f"## {role.capitalize()} model (domain-adaptation runs)", "",
