@@ -77,6 +77,8 @@ def report_user_errors(*, debug: bool = False, exit_code: int = 2):
             logging.getLogger("lossmix").error("%s\n%s", one_line(err), traceback.format_exc(),
                                                extra={_FILE_ONLY: True})
         if comm.is_main_process():
-            print(f"error: {one_line(err)}\n(full traceback in OUTPUT_DIR/log.txt, or rerun with --debug)",
-                  file=sys.stderr)
+            logs = [h.baseFilename for h in logging.getLogger().handlers
+                    if getattr(h, "_lossmix", False) and isinstance(h, logging.FileHandler)]
+            where = f"the traceback is in {logs[0]}; " if logs else ""
+            print(f"error: {one_line(err)}\n({where}rerun with --debug to see it here)", file=sys.stderr)
         raise SystemExit(exit_code) from None
