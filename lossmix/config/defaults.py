@@ -119,6 +119,8 @@ _C.LOSSMIX.PROB = 1.0  # probability that a training sample is mixed
 _C.LOSSMIX.NOISE_RANGE = (0.0, 0.1)  # partner blend weight range for MODE noise
 _C.LOSSMIX.MIN_VISIBLE = 0.1  # patch methods: instances whose visible fraction is below this are dropped
 _C.LOSSMIX.BG_WEIGHT = 1.0  # loss weight of background anchors / proposals
+_C.LOSSMIX.SALIENCY = "fine_grained"  # saliencymix's map: fine_grained (Montabone-Soto, as the SaliencyMix paper) | spectral_residual; both find a bright object's peak at the 64-px working size (tests/test_mixing.py)
+_C.LOSSMIX.PASTE = "stretch"  # cutmix / saliencymix: partner brought to the base's size by stretch (unequal x / y factors) | keep_aspect (one factor, cover then centre-crop)
 _C.LOSSMIX.FORMULATION = "instance"  # instance (per-instance weights) | interpolate (lambda*L(x,A) + (1-lambda)*L(x,B))
 
 # ---------------------------------------------------------------------------- solver
@@ -140,6 +142,7 @@ _C.SOLVER.MAX_BAD_STEPS = 5  # consecutive non-finite losses before training sto
 
 _C.TEST = CfgNode()
 _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
+_C.TEST.EVAL_PERIOD_DATASETS = ()  # the DATASETS.TEST evaluated every EVAL_PERIOD (learning curves); () = all; the end evaluates all
 _C.TEST.METRIC = "auto"  # auto (from dataset metadata) | voc_area | voc07 | coco
 _C.TEST.VOC07_RECALL_LEVELS = "arange"  # voc07 11-point recall levels: arange (np.arange(0, 1.1, 0.1), as detectron2 / py-faster-rcnn) | exact (k / 10)
 _C.TEST.ON_BAD_SAMPLE = "error"  # evaluation: "error" stops naming the file; "skip" leaves bad annotation files out and scores a bad image as no detections (its boxes count as misses), logged to bad_samples.jsonl

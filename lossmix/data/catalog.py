@@ -5,12 +5,27 @@ A dataset dict::
     {"file_name": str, "height": int, "width": int, "image_id": str,
      "annotations": [{"bbox": [x1, y1, x2, y2], "bbox_mode": BoxMode.XYXY_ABS,
                       "category_id": int (0-based), "difficult": 0 | 1}, ...]}
+
+A registered name followed by ``[:N]`` (``synthetic_source_train[:32]``) is the first ``N`` images of
+that dataset, in its split file's order, with its metadata: how a data-limited experiment trains on,
+and evaluates, exactly the images it trained on.
 """
 from __future__ import annotations
 
 import inspect
+import re
 import types
-from typing import Callable
+from typing import Callable, Optional
+
+_SUBSET = re.compile(r"^(?P<base>.+)\[:(?P<count>\d+)\]$")
+
+
+def split_subset(name: str) -> tuple[str, Optional[int]]:
+    """``"name[:N]"`` -> ``("name", N)``; any other name -> ``(name, None)``."""
+    match = _SUBSET.match(name)
+    if not match:
+        return name, None
+    return match["base"], int(match["count"])
 
 
 def _accepts_on_bad(func) -> bool:
@@ -32,16 +47,22 @@ class _DatasetCatalog(dict):
         self[name] = func
 
     def get(self, name: str, *, on_bad: str = "error", problems: list | None = None) -> list:  # type: ignore[override]
-        """The dataset dicts of ``name``. ``on_bad="skip"`` is passed to loaders that take an ``on_bad``
-        keyword (the VOC reader: bad annotation files are left out, each appended to ``problems`` as
-        ``{"file", "kind", "problem"}``); other loaders are called without arguments."""
-        if name not in self:
+        """The dataset dicts of ``name`` (or of ``name[:N]``, its first N). ``on_bad="skip"`` is passed to
+        loaders that take an ``on_bad`` keyword (the VOC reader: bad annotation files are left out, each
+        appended to ``problems`` as ``{"file", "kind", "problem"}``); other loaders are called without arguments."""
+        base, count = (name, None) if name in self else split_subset(name)
+        if base not in self:
             known = ", ".join(sorted(self)) or "none"
             raise KeyError(f"dataset {name!r} is not registered; registered: {known}")
-        func = self[name]
+        func = self[base]
         dicts = func(on_bad=on_bad, problems=problems) if on_bad != "error" and _accepts_on_bad(func) else func()
         if not isinstance(dicts, list):
-            raise TypeError(f"dataset {name!r}: loader returned {type(dicts).__name__}, expected a list of dicts")
+            raise TypeError(f"dataset {base!r}: loader returned {type(dicts).__name__}, expected a list of dicts")
+        if count is not None:
+            if not 0 < count <= len(dicts):
+                raise ValueError(f"dataset {name!r}: asks for the first {count} images of {base!r}, "
+                                 f"which has {len(dicts)}")
+            dicts = dicts[:count]
         return dicts
 
     def remove(self, name: str) -> None:
@@ -66,6 +87,9 @@ class Metadata(types.SimpleNamespace):
 
 class _MetadataCatalog(dict):
     def get(self, name: str) -> Metadata:  # type: ignore[override]
+        base, count = (name, None) if name in self else split_subset(name)
+        if count is not None and base in self:  # a subset shares its dataset's metadata
+            return self[base]
         if name not in self:
             self[name] = Metadata(name=name)
         return self[name]
@@ -84,7 +108,7 @@ def check_num_classes(num_classes: int, dataset_names) -> None:
     from ..config.setup import ConfigError
 
     for name in dict.fromkeys(dataset_names):
-        if name not in DatasetCatalog:
+        if name not in DatasetCatalog and split_subset(name)[0] not in DatasetCatalog:
             continue  # DatasetCatalog.get names it when the data is loaded
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) != num_classes:
