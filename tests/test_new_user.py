@@ -400,3 +400,22 @@ def test_item12_logged_losses_are_the_mean_over_ranks(tmp_path):
     torch.multiprocessing.spawn(_mean_worker, args=(str(tmp_path / "mean"),), nprocs=2)
     for rank in (0, 1):
         assert json.load(open(tmp_path / f"mean.{rank}")) == {"loss_a": 5.0, "total_loss": 1.5}
+
+
+def test_item12_bad_sample_from_a_loader_worker_is_still_one_line(tmp_path):
+    # torch re-raises a worker's error as type(err)(message); BadSampleError used to refuse one argument, which
+    # turned it into a RuntimeError carrying the worker's whole traceback
+    from torch.utils.data import DataLoader, Dataset
+
+    from lossmix.utils.logger import one_line
+
+    class Bad(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise BadSampleError("/data/x.jpg", "truncated JPEG", kind="corrupt_image")
+
+    with pytest.raises(BadSampleError) as err:
+        next(iter(DataLoader(Bad(), num_workers=1, collate_fn=list)))
+    assert one_line(err.value) == "BadSampleError: /data/x.jpg: truncated JPEG"

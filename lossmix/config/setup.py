@@ -79,6 +79,8 @@ def resolve_config_path(path: str, configs_dir: str = CONFIGS_DIR) -> str:
         wanted = wanted[len("configs/"):]
     matches = [rel for rel in available if rel == wanted or rel.endswith("/" + wanted)]
     shown = os.path.relpath(configs_dir)
+    if shown.startswith(".."):  # run from elsewhere: the absolute folder reads better than ../../..
+        shown = configs_dir
     if len(matches) == 1:
         resolved = os.path.join(configs_dir, matches[0])
         logger.info("config %s -> %s", path, resolved)

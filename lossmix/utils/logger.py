@@ -59,8 +59,11 @@ def user_errors() -> tuple:
 
 def one_line(err: BaseException) -> str:
     """``err``'s message on one line (KeyError's repr quotes removed)."""
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return f"{type(err).__name__}: " + " ".join(str(text).split())
+    text = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: its last line is the error itself
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(type(err).__name__) else last
+    return f"{type(err).__name__}: " + " ".join(text.split())
 
 
 @contextlib.contextmanager
