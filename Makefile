@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench benchmark clean
 
 $(STAMP): requirements.txt setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -22,6 +22,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(VPY) $$b || exit 1; done
+
+# make benchmark PROTOCOL=supervised [BENCHMARK_ARGS="--jobs 1"]: configs/benchmark/<PROTOCOL>.yaml -> docs/benchmark/
+# (writes the frozen synthetic data first; two 1-thread runs side by side by default: best on 2 cores)
+BENCHMARK_ARGS ?= --jobs 2
+benchmark: $(STAMP)
+	@test -n "$(PROTOCOL)" || { echo "usage: make benchmark PROTOCOL=<name of configs/benchmark/<name>.yaml>"; exit 2; }
+	$(VPY) tools/make_synthetic.py --root datasets/synthetic > /dev/null
+	$(VPY) tools/benchmark.py $(PROTOCOL) $(BENCHMARK_ARGS)
 
 clean:
 	rm -rf output $(VENV)

@@ -128,3 +128,16 @@ def test_build_detector_leaves_batchnorm_statistics_untouched():
         assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
         assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
         assert int(bn.num_batches_tracked) == 0
+
+
+def test_periodic_evaluation_covers_only_eval_period_datasets(names, tmp_path):
+    # Learning curves on the test split and the training images, the other test sets only at the end.
+    subset = f"{names['source_train']}[:2]"
+    cfg = tiny_cfg(names, tmp_path, **{"SOLVER.MAX_ITER": 2, "TEST.EVAL_PERIOD": 1,
+                                       "DATASETS.TEST": (names["source_test"], subset),
+                                       "TEST.EVAL_PERIOD_DATASETS": (subset,)})
+    train(cfg)
+    with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+        evals = [json.loads(line) for line in f if '"eval"' in line]
+    assert [(r["iteration"], sorted(r["eval"])) for r in evals] == [(1, [subset])]
+    assert sorted(os.listdir(os.path.join(tmp_path, "eval"))) == sorted(f"{d}.json" for d in cfg.DATASETS.TEST)

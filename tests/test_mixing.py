@@ -223,6 +223,93 @@ def test_saliency_patch_shifted_inside_near_corner():
     assert (x2, y2) == (w, h)
 
 
+@pytest.mark.parametrize("method", M.SALIENCY_METHODS)
+@pytest.mark.parametrize("cx,cy,r", [(700, 200, 40), (300, 400, 60), (100, 100, 30), (950, 550, 30)])
+def test_saliency_peak_inside_a_bright_object(method, cx, cy, r):
+    """One bright disc on a flat 600x1000 background: at the 64-px working size the map's peak lies inside it.
+
+    (700, 200, 40) is the case where fine-grained without reflect padding peaked 160 px away, on the border.
+    """
+    img = _const(600, 1000, 90)
+    cv2.circle(img, (cx, cy), r, (250, 250, 250), -1)
+    sal = M.saliency_map(img, max_side=64, method=method)
+    k = 600 / sal.shape[0]  # integer downscale factor (16)
+    iy, ix = divmod(int(np.argmax(sal)), sal.shape[1])
+    py, px = (iy + 0.5) * k, (ix + 0.5) * k
+    assert (px - cx) ** 2 + (py - cy) ** 2 <= r ** 2, (method, px, py)
+
+
+def test_saliency_method_reaches_mix_pair_and_is_checked():
+    img = _const(96, 160, 80)
+    a = {"image": img, "boxes": np.zeros((0, 4), np.float32), "classes": np.zeros(0, np.int64)}
+    b = {"image": _blob_image(96, 160, 120, 30, half=6), "boxes": np.zeros((0, 4), np.float32),
+         "classes": np.zeros(0, np.int64)}
+    for method in M.SALIENCY_METHODS:
+        out = M.mix_pair(a, b, mode="lossmix", method="saliencymix", lam=0.9, rng=None, saliency=method)
+        assert out["patch"] == M.saliency_patch(b["image"], 96, 160, 0.9, method=method)
+    with pytest.raises(ValueError, match="unknown saliency method 'itti'"):
+        M.mix_pair(a, b, mode="lossmix", method="saliencymix", lam=0.9, rng=None, saliency="itti")
+    with pytest.raises(ValueError, match="unknown paste 'fit'"):
+        M.mix_pair(a, b, mode="lossmix", method="cutmix", lam=0.9, rng=np.random.default_rng(0), paste="fit")
+
+
+# ---------------------------------------------------------------------------- aspect-preserving paste
+def test_resize_cover_exact_cases():
+    # a wide partner onto a square: factor 1, 50 px cropped from each side
+    img = np.zeros((100, 200, 3), np.uint8)
+    out, boxes = M.resize_cover(img, np.array([[60, 10, 90, 40], [0, 0, 40, 30]], np.float32), 100, 100)
+    assert out.shape == (100, 100, 3)
+    np.testing.assert_array_equal(boxes, np.array([[10, 10, 40, 40], [0, 0, 0, 30]], np.float32))  # 2nd: cropped away
+    # a small wide partner: factor 2 (height decides), then the same crop
+    img = np.zeros((50, 100, 3), np.uint8)
+    out, boxes = M.resize_cover(img, np.array([[30, 5, 45, 20]], np.float32), 100, 100)
+    np.testing.assert_array_equal(boxes, np.array([[10, 10, 40, 40]], np.float32))
+    # stretch would have distorted the same box 2:1
+    _, stretched = M.resize_to(img, np.array([[30, 5, 45, 20]], np.float32), 100, 100)
+    np.testing.assert_array_equal(stretched, np.array([[30, 10, 45, 40]], np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(hb=st.integers(20, 120), wb=st.integers(20, 120), h=st.integers(20, 120), w=st.integers(20, 120),
+       px1=st.integers(0, 60), py1=st.integers(0, 60), pw=st.integers(25, 40), ph=st.integers(25, 40))
+def test_resize_cover_box_lands_on_its_pixels_with_its_aspect(hb, wb, h, w, px1, py1, pw, ph):
+    """A box painted in the partner is where resize_cover says after the resize (to ~1 px), with its aspect.
+
+    (Integer percentages, not floats: torch's flush-denormal setting upsets hypothesis' float strategies.)
+    """
+    x1, y1 = px1 * wb // 100, py1 * hb // 100
+    x2, y2 = x1 + max(4, pw * wb // 100), y1 + max(4, ph * hb // 100)
+    img = np.zeros((hb, wb, 3), np.uint8)
+    img[y1:y2, x1:x2] = 255
+    out, (box,) = M.resize_cover(img, np.array([[x1, y1, x2, y2]], np.float32), h, w)
+    assert out.shape == (h, w, 3)
+    assert 0 <= box[0] <= box[2] <= w and 0 <= box[1] <= box[3] <= h
+    ys, xs = np.nonzero(out[..., 0] >= 128)
+    if len(xs) == 0:  # cropped away: the box must be (nearly) empty
+        assert (box[2] - box[0]) * (box[3] - box[1]) <= 2.0 * max(h, w)
+        return
+    assert abs(xs.min() - box[0]) <= 1.0 and abs(xs.max() + 1 - box[2]) <= 1.0
+    assert abs(ys.min() - box[1]) <= 1.0 and abs(ys.max() + 1 - box[3]) <= 1.0
+    sy, sx = (box[3] - box[1]) / (y2 - y1), (box[2] - box[0]) / (x2 - x1)
+    inside = box[0] > 0 and box[1] > 0 and box[2] < w and box[3] < h  # not clipped by the crop
+    if inside:  # one factor on both axes, up to the rounding of the scaled size
+        assert abs(sx - sy) <= 1.0 / min(hb, wb) + 1e-6
+        assert min(sx, sy) >= max(h / hb, w / wb) - 1.0 / min(hb, wb) - 1e-6
+
+
+def test_mix_pair_keep_aspect_pastes_the_cover_resized_partner():
+    a = {"image": _const(100, 100, 10), "boxes": np.zeros((0, 4), np.float32), "classes": np.zeros(0, np.int64)}
+    b_img = np.zeros((50, 100, 3), np.uint8)
+    b_img[5:20, 30:45] = 200
+    b = {"image": b_img, "boxes": np.array([[30, 5, 45, 20]], np.float32), "classes": np.array([3])}
+    rng = np.random.default_rng(0)
+    out = M.mix_pair(a, b, mode="lossmix", method="saliencymix", lam=0.0, rng=rng, paste="keep_aspect")
+    assert out["patch"] == (0, 0, 100, 100)  # lam 0: the whole partner
+    np.testing.assert_array_equal(out["boxes"], np.array([[10, 10, 40, 40]], np.float32))
+    assert out["weights"].tolist() == [1.0]
+    assert out["image"][25, 25].tolist() == [200, 200, 200] and out["image"][60, 60].tolist() == [0, 0, 0]
+
+
 def test_saliency_patch_empty_when_lambda_one():
     img = _blob_image(96, 160, 40, 40, half=4)
     x1, y1, x2, y2 = M.saliency_patch(img, 96, 160, 1.0)

@@ -108,33 +108,67 @@ def test_boxes_cover_the_visible_object_pixels():
         assert ann["difficult"] == int(ann["visible_fraction"] < synthetic.DIFFICULT_BELOW_VISIBLE)
 
 
-def _class_hue_concentration(domain: str, num_images: int) -> tuple:
-    """Mean over classes of the resultant length of object hues (1: one hue per class, ~0: any hue),
-    and the median object saturation, measured from pixels at the centres of unoccluded objects."""
-    hues = {name: [] for name in SYNTHETIC_CLASSES if name != "ring"}  # a ring's centre is background
-    saturations = []
+def _object_centre_hues(domain: str, num_images: int, **kwargs):
+    """(class name, hue in degrees, saturation) at the centre of each unoccluded, large-enough object."""
     for index in range(num_images):
-        image, annotations = render_sample(domain, seed=0, split="test", index=index)
+        image, annotations = render_sample(domain, seed=0, split="test", index=index, **kwargs)
         hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL).astype(np.float64)
         for ann in annotations:
             name = SYNTHETIC_CLASSES[ann["category_id"]]
             x1, y1, x2, y2 = ann["bbox"]
-            if name not in hues or ann["visible_fraction"] < 1 or x2 - x1 < 24:
+            if name == "ring" or ann["visible_fraction"] < 1 or x2 - x1 < 24:  # a ring's centre is background
                 continue
             cx, cy, r = int((x1 + x2) / 2), int((y1 + y2) / 2), max(1, int(0.08 * (x2 - x1)))
             patch = hsv[cy - r:cy + r + 1, cx - r:cx + r + 1].reshape(-1, 3)
-            hues[name].append(np.angle(np.exp(1j * patch[:, 0] / 256 * 2 * np.pi).mean()))
-            saturations.append(np.median(patch[:, 1]) / 255)
+            hue = np.degrees(np.angle(np.exp(1j * patch[:, 0] / 256 * 2 * np.pi).mean())) % 360
+            yield name, hue, np.median(patch[:, 1]) / 255
+
+
+@pytest.mark.parametrize("class_hue_prob", [0.9, 0.4])
+def test_colour_cue_probability_is_measured_on_the_pixels(class_hue_prob):
+    # An object shows its class's hue (within 30 degrees) with probability p, plus (1 - p) / 6 by
+    # chance when its hue is drawn uniformly: the knob must be what the generated pixels show.
+    near = [abs((hue - synthetic.SOURCE_CLASS_HUE_DEG[name] + 180) % 360 - 180) <= 30
+            for name, hue, _ in _object_centre_hues("source", 60, class_hue_prob=class_hue_prob)]
+    assert len(near) >= 60
+    expected = class_hue_prob + (1 - class_hue_prob) / 6
+    assert abs(np.mean(near) - expected) < 0.1, (np.mean(near), expected)
+
+
+def test_colour_cue_knob_changes_only_the_source_and_is_stamped(tmp_path):
+    a, _ = render_sample("clipart", seed=0, index=2, class_hue_prob=0.2)
+    b, _ = render_sample("clipart", seed=0, index=2)
+    assert np.array_equal(a, b)
+    generate(tmp_path, seed=0, domains=["source", "clipart"], class_hue_prob=0.3, **TINY)
+    assert synthetic.read_stamp(tmp_path / "source")["class_hue_prob"] == 0.3
+    assert "class_hue_prob" not in synthetic.read_stamp(tmp_path / "clipart")
+    summary = generate(tmp_path, seed=0, domains=["source", "clipart"], class_hue_prob=0.5, **TINY)
+    assert summary["domains"]["source"]["status"] == "regenerated"
+    assert summary["domains"]["clipart"]["status"] == "skipped"
+    with pytest.raises(ValueError, match="class_hue_prob"):
+        generate(tmp_path, domains=["source"], class_hue_prob=1.5, **TINY)
+
+
+def _class_hue_concentration(domain: str, num_images: int, **kwargs) -> tuple:
+    """Mean over classes of the resultant length of object hues (1: one hue per class, ~0: any hue),
+    and the median object saturation, measured from pixels at the centres of unoccluded objects."""
+    hues = {name: [] for name in SYNTHETIC_CLASSES if name != "ring"}
+    saturations = []
+    for name, hue, saturation in _object_centre_hues(domain, num_images, **kwargs):
+        hues[name].append(np.radians(hue))
+        saturations.append(saturation)
     assert min(len(h) for h in hues.values()) >= 5, "too few objects to measure"
     concentration = np.mean([abs(np.exp(1j * np.array(h)).mean()) for h in hues.values()])
     return concentration, float(np.median(saturations))
 
 
 def test_colour_identifies_the_class_in_the_source_only():
-    source, source_sat = _class_hue_concentration("source", 30)
+    source, source_sat = _class_hue_concentration("source", 30, class_hue_prob=0.9)
+    calibrated, _ = _class_hue_concentration("source", 30)  # SOURCE_CLASS_HUE_PROB: a partial cue
     clipart, clipart_sat = _class_hue_concentration("clipart", 30)
     watercolor, watercolor_sat = _class_hue_concentration("watercolor", 30)
     assert source > 0.7
+    assert 0.45 < calibrated < 0.65  # about half the objects show their class's hue, the rest any hue
     assert clipart < 0.5 and watercolor < 0.5  # a uniform hue scores ~0.3 with this many objects
     assert clipart_sat > 0.8  # flat saturated palette
     assert watercolor_sat < 0.5 and watercolor_sat + 0.15 < source_sat  # washed-out pigments

@@ -1,81 +1,61 @@
 #!/usr/bin/env python
-"""The demo behind ``make demo``: the embedded synthetic benchmark, end to end, on a CPU.
+"""The demo behind ``make demo``: the short version of the benchmark, on a CPU, in about a quarter of an hour.
 
-1. writes the synthetic domain-shift dataset (``datasets/synthetic``: source, clipart, watercolor);
-2. trains a detector on the labelled source domain four ways: no mixing (baseline), uniform,
-   noise and LossMix (``configs/quickstart/synthetic_*.yaml``), evaluating each on the source
-   and both target test splits;
-3. adapts source -> clipart with Adaptive Teacher and Adaptive Teacher + LossMix
-   (``configs/quickstart/synthetic_at*.yaml``). To fit a CPU budget the burn-in is not trained
-   again: AT starts from the baseline run's weights and AT + LossMix from the LossMix run's
-   (source x source mixing), each with ``DA.BURN_IN_ITERS 0`` and ``ADAPT_ITERS`` adaptation steps;
-   the source-only row is the baseline run evaluated on the target;
-4. prints the tables (also written to ``output/quickstart/demo.md``).
+1. writes the embedded synthetic domain-shift dataset (``datasets/synthetic``, frozen parameters);
+2. runs ``configs/benchmark/demo.yaml`` with ``tools/benchmark.py`` (two 1-thread runs side by side):
+   seed 0 of no mixing vs LossMix in the data-limited supervised regime, and of source only vs
+   Adaptive Teacher (source -> clipart). They are the very runs of the full protocols' seed 0
+   (``output/benchmark/{supervised,adaptation}/...``), so ``make benchmark`` later reuses them;
+3. prints the demo's table, then the committed tables of the full benchmark (``docs/benchmark/``,
+   mean +- std over seeds), so one seed is read beside the spread it comes from.
 
-Runs whose evaluation already exists are reused (``--force`` retrains). Any ``KEY VALUE`` after
-the options is passed to every run, e.g. ``SOLVER.MAX_ITER 50`` for a quicker look.
+Runs already complete are reused; ``--report-only`` just prints.
 """
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUPERVISED = ("baseline", "uniform", "noise", "lossmix")
-ADAPTATION = {"at": "baseline", "at_lossmix": "lossmix"}  # DA run -> the supervised run it starts from
-ADAPT_ITERS = 30
-NUM_TEST = 100  # test images per domain (the generator's default is 150)
+COMMITTED = ("supervised", "adaptation")
 
 
-def run(config: str, output: str, opts, force: bool) -> None:
-    done = os.path.join(output, "eval")
-    if not force and os.path.isdir(done) and os.listdir(done):
-        print(f"[demo] reusing {output}")
-        return
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,
-           "OUTPUT_DIR", output, *opts]
-    print("[demo] " + " ".join(cmd), flush=True)
-    start = time.time()
-    subprocess.run(cmd, check=True)
-    print(f"[demo] {os.path.basename(output)} took {time.time() - start:.0f} s", flush=True)
+def headline(markdown: str) -> str:
+    """The first table of a benchmark report (its title line, the table, nothing after)."""
+    lines = markdown.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if start is None:
+        return ""
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    title = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].startswith("#")), "")
+    return "\n".join([title, ""] + lines[start:end])
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default=os.path.join("output", "quickstart"))
-    p.add_argument("--force", action="store_true", help="retrain runs that already have results")
-    p.add_argument("--skip-adaptation", action="store_true")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
-    args = p.parse_args()
+    p.add_argument("--output-root", default=os.path.join("output", "benchmark"), help="where the runs go")
+    p.add_argument("--report-dir", default=os.path.join("output", "demo"), help="where demo.md / .png go")
+    p.add_argument("--report-only", action="store_true", help="train nothing; print the tables")
+    args = p.parse_args(argv)
+    os.chdir(REPO)
     start = time.time()
-    root = os.environ.setdefault("LOSSMIX_DATASETS", os.path.join(REPO, "datasets"))
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_synthetic.py"), "--root",
-                    os.path.join(root, "synthetic"), "--num-test", str(NUM_TEST)], check=True, stdout=subprocess.DEVNULL)
-
-    runs = []
-    for name in SUPERVISED:
-        out = os.path.join(args.output, f"synthetic_{name}")
-        run(os.path.join(REPO, "configs", "quickstart", f"synthetic_{name}.yaml"), out, args.opts, args.force)
-        runs.append(out)
-    if not args.skip_adaptation:
-        for name, base in ADAPTATION.items():
-            out = os.path.join(args.output, f"synthetic_{name}")
-            init = os.path.join(args.output, f"synthetic_{base}", "model_final.pth")
-            opts = ["MODEL.WEIGHTS", init, "DA.BURN_IN_ITERS", "0", "SOLVER.MAX_ITER", str(ADAPT_ITERS),
-                    "SOLVER.WARMUP_ITERS", "0", *args.opts]
-            run(os.path.join(REPO, "configs", "quickstart", f"synthetic_{name}.yaml"), out, opts, args.force)
-            runs.append(out)
-
-    sys.path.insert(0, REPO)
-    from lossmix.utils.compare import load_runs, summarize, to_markdown
-
-    table = to_markdown(summarize(load_runs(runs)))
-    report = os.path.join(args.output, "demo.md")
-    with open(report, "w") as f:
-        f.write(table)
-    print("\n" + table)
-    print(f"[demo] total {time.time() - start:.0f} s; table written to {report}")
+    root = os.environ.setdefault("LOSSMIX_DATASETS", "datasets")
+    subprocess.run([sys.executable, os.path.join("tools", "make_synthetic.py"), "--root",
+                    os.path.join(root, "synthetic")], check=True, stdout=subprocess.DEVNULL)
+    cmd = [sys.executable, os.path.join("tools", "benchmark.py"), "demo", "--output-root", args.output_root,
+           "--report-dir", args.report_dir, "--jobs", "2", "--progress-every", "120"]
+    subprocess.run(cmd + (["--report-only"] if args.report_only else []), check=True)
+    with open(os.path.join(args.report_dir, "demo.md"), encoding="utf-8") as f:
+        print("\n" + headline(f.read()).replace("## ", "## This demo (seed 0): ", 1))
+    for name in COMMITTED:
+        path = os.path.join("docs", "benchmark", f"{name}.md")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                table = headline(f.read())
+            print(f"\n## The committed benchmark, {name} ({path}): mean ± std over seeds\n" + re.sub(r"^#+ .*\n", "", table))
+    print(f"\n[demo] total {time.time() - start:.0f} s; the demo's report: {args.report_dir}/demo.md")
 
 
 if __name__ == "__main__":

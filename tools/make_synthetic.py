@@ -16,7 +16,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lossmix.data.synthetic import SYNTHETIC_DOMAINS, generate
+from lossmix.data.synthetic import SOURCE_CLASS_HUE_PROB, SYNTHETIC_DOMAINS, generate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-train", type=int, default=600, help="train images per domain")
     parser.add_argument("--num-test", type=int, default=150, help="test images per domain")
     parser.add_argument("--image-size", type=int, default=256, help="shorter image side in pixels")
+    parser.add_argument("--class-hue-prob", type=float, default=SOURCE_CLASS_HUE_PROB,
+                        help="source domain: probability that an object takes its class's hue (the colour cue)")
     parser.add_argument("--domains", nargs="+", default=list(SYNTHETIC_DOMAINS), choices=SYNTHETIC_DOMAINS)
     parser.add_argument("--workers", type=int, default=None, help="render threads (default: by size and CPUs)")
     parser.add_argument("--overwrite", action="store_true",
@@ -37,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     summary = generate(args.root, seed=args.seed, num_train=args.num_train, num_test=args.num_test,
                        image_size=args.image_size, domains=args.domains, overwrite=args.overwrite,
-                       workers=args.workers)
+                       workers=args.workers, class_hue_prob=args.class_hue_prob)
     print(json.dumps(summary, indent=2))
     return summary
 

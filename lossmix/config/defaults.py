@@ -85,6 +85,8 @@ _C.LOSSMIX.PROB = 1.0  # probability that a training sample is mixed
 _C.LOSSMIX.NOISE_RANGE = (0.0, 0.1)  # partner blend weight range for MODE noise
 _C.LOSSMIX.MIN_VISIBLE = 0.1  # patch methods: instances whose visible fraction is below this are dropped
 _C.LOSSMIX.BG_WEIGHT = 1.0  # loss weight of background anchors / proposals
+_C.LOSSMIX.SALIENCY = "fine_grained"  # saliencymix's map: fine_grained (Montabone-Soto, as the SaliencyMix paper) | spectral_residual; both find a bright object's peak at the 64-px working size (tests/test_mixing.py)
+_C.LOSSMIX.PASTE = "stretch"  # cutmix / saliencymix: partner brought to the base's size by stretch (unequal x / y factors) | keep_aspect (one factor, cover then centre-crop)
 _C.LOSSMIX.FORMULATION = "instance"  # instance (per-instance weights) | interpolate (lambda*L(x,A) + (1-lambda)*L(x,B))
 
 # ---------------------------------------------------------------------------- solver
@@ -106,6 +108,7 @@ _C.SOLVER.MAX_BAD_STEPS = 5  # consecutive non-finite losses before training sto
 
 _C.TEST = CfgNode()
 _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
+_C.TEST.EVAL_PERIOD_DATASETS = ()  # the DATASETS.TEST evaluated every EVAL_PERIOD (learning curves); () = all; the end evaluates all
 _C.TEST.METRIC = "auto"  # auto (from dataset metadata) | voc_area | voc07 | coco
 
 _C.OUTPUT_DIR = "./output"  # run folder: checkpoints, metrics.jsonl, eval/, config.yaml

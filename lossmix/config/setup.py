@@ -9,6 +9,8 @@ _CHOICES = {
     "LOSSMIX.MODE": ("none", "uniform", "noise", "lossmix"),
     "LOSSMIX.METHOD": ("mixup", "cutmix", "saliencymix"),
     "LOSSMIX.FORMULATION": ("instance", "interpolate"),
+    "LOSSMIX.SALIENCY": ("fine_grained", "spectral_residual"),
+    "LOSSMIX.PASTE": ("stretch", "keep_aspect"),
     "DATALOADER.ON_BAD_SAMPLE": ("error", "skip"),
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
     "TEST.METRIC": ("auto", "voc_area", "voc07", "coco"),
@@ -81,6 +83,10 @@ def validate(cfg: CfgNode) -> None:
         raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {cfg.INPUT.MIN_SIZE_TRAIN}; allowed: positive sizes")
     if any(s < 0 for s in cfg.SOLVER.STEPS) or list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
         raise ConfigError(f"SOLVER.STEPS = {cfg.SOLVER.STEPS}; allowed: increasing non-negative iterations")
+    extra = [d for d in cfg.TEST.EVAL_PERIOD_DATASETS if d not in cfg.DATASETS.TEST]
+    if extra:
+        raise ConfigError(f"TEST.EVAL_PERIOD_DATASETS = {list(cfg.TEST.EVAL_PERIOD_DATASETS)}: {extra} not in "
+                          f"DATASETS.TEST; allowed: a subset of {list(cfg.DATASETS.TEST)}")
     from ..modeling.build import BACKBONES, NORM_LAYERS
 
     if cfg.MODEL.BACKBONE.NAME not in BACKBONES:

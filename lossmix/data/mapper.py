@@ -59,7 +59,7 @@ class LossMixDatasetMapper:
 
     Args:
         min_sizes / max_size / flip_prob: weak augmentation (short side drawn from ``min_sizes``).
-        mode / method / alpha / prob / noise_range / min_visible: ``LOSSMIX.*``.
+        mode / method / alpha / prob / noise_range / min_visible / saliency / paste: ``LOSSMIX.*``.
         use_difficult: keep VOC ``difficult`` boxes as targets.
     """
 
@@ -75,6 +75,8 @@ class LossMixDatasetMapper:
         prob: float = 1.0,
         noise_range: Sequence[float] = (0.0, 0.1),
         min_visible: float = 0.0,
+        saliency: str = "fine_grained",
+        paste: str = "stretch",
         use_difficult: bool = False,
     ):
         if mode not in MODES:
@@ -85,6 +87,7 @@ class LossMixDatasetMapper:
         self.mode, self.method, self.alpha, self.prob = mode, method, alpha, prob
         self.noise_range = tuple(noise_range)
         self.min_visible = min_visible
+        self.saliency, self.paste = saliency, paste
         self.use_difficult = use_difficult
 
     @classmethod
@@ -103,6 +106,8 @@ class LossMixDatasetMapper:
             prob=m.PROB,
             noise_range=m.NOISE_RANGE,
             min_visible=m.MIN_VISIBLE,
+            saliency=m.SALIENCY,
+            paste=m.PASTE,
             use_difficult=cfg.DATASETS.TRAIN_USE_DIFFICULT,
         )
 
@@ -144,7 +149,8 @@ class LossMixDatasetMapper:
         lam = sample_lambda(self.alpha, rng) if mode in ("uniform", "lossmix") else None
         noise = float(rng.uniform(*self.noise_range)) if mode == "noise" else None
         mixed = mix_pair(sample, partner, mode=mode, method=self.method, lam=lam, rng=rng,
-                         min_visible=self.min_visible, noise_weight=noise)
+                         min_visible=self.min_visible, noise_weight=noise, saliency=self.saliency,
+                         paste=self.paste)
         out = {k: sample[k] for k in ("file_name", "image_id", "height", "width") if k in sample}
         out.update(mixed)
         return out

@@ -33,17 +33,22 @@ METHODS = ("mixup", "cutmix", "saliencymix")
 __all__ = [
     "MODES",
     "METHODS",
+    "SALIENCY_METHODS",
+    "PASTE_MODES",
     "Patch",
     "sample_lambda",
     "mixup_images",
     "rand_patch",
     "patch_lambda",
     "saliency_map",
+    "fine_grained_map",
+    "spectral_residual_map",
     "saliency_patch",
     "box_visible_fraction",
     "clip_boxes_to_patch",
     "paste_patch",
     "resize_to",
+    "resize_cover",
     "mix_pair",
 ]
 
@@ -198,28 +203,63 @@ def patch_lambda(patch: Patch, height: int, width: int) -> float:
     return 1.0 - float(area) / float(height * width)
 
 
-_SALIENCY = threading.local()  # cv2 saliency objects are not thread-safe: one per thread
+_SALIENCY = threading.local()  # cv2 saliency objects are not thread-safe: one per thread and kind
+SALIENCY_METHODS = ("fine_grained", "spectral_residual")
+PASTE_MODES = ("stretch", "keep_aspect")
 
 
-def _spectral_residual() -> "cv2.saliency.StaticSaliencySpectralResidual":
-    obj = getattr(_SALIENCY, "obj", None)
+def _saliency_object(kind: str):
+    obj = getattr(_SALIENCY, kind, None)
     if obj is None:
-        obj = cv2.saliency.StaticSaliencySpectralResidual_create()
-        _SALIENCY.obj = obj
+        obj = (cv2.saliency.StaticSaliencyFineGrained_create() if kind == "fine_grained"
+               else cv2.saliency.StaticSaliencySpectralResidual_create())
+        setattr(_SALIENCY, kind, obj)
     return obj
 
 
-def saliency_map(img: np.ndarray, max_side: int = 64) -> np.ndarray:
-    """Spectral-residual saliency (Hou & Zhang 2007) of an RGB image, on a downscaled copy.
+def spectral_residual_map(gray: np.ndarray) -> np.ndarray:
+    """Spectral-residual saliency (Hou & Zhang 2007) of a ``h x w`` uint8 grey image, at that size (float32)."""
+    sr = _saliency_object("spectral_residual")
+    h, w = gray.shape
+    sr.setImageWidth(w)  # work at the given size itself: no second, aspect-distorting resize
+    sr.setImageHeight(h)
+    ok, sal = sr.computeSaliency(gray)
+    if not ok:
+        raise RuntimeError("cv2.saliency spectral residual failed")
+    return np.asarray(sal, dtype=np.float32)
+
+
+def fine_grained_map(gray: np.ndarray, pad_fraction: float = 0.25) -> np.ndarray:
+    """Montabone & Soto's fine-grained static saliency (OpenCV's, the one SaliencyMix uses) of a ``h x w``
+    uint8 grey image (float32, same size).
+
+    The image is reflect-padded by ``pad_fraction`` of its longer side and the map cropped back:
+    at small working sizes OpenCV's centre-surround pyramid otherwise puts its maximum on the image
+    border (measured on a bright disc on a flat 600x1000 background at 64 px: the peak fell 160 px
+    away from the disc without padding, inside it with).
+    """
+    h, w = gray.shape
+    pad = max(1, int(round(pad_fraction * max(h, w))))
+    padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    ok, sal = _saliency_object("fine_grained").computeSaliency(padded)
+    if not ok:
+        raise RuntimeError("cv2.saliency fine-grained failed")
+    return np.asarray(sal, dtype=np.float32)[pad:pad + h, pad:pad + w]
+
+
+def saliency_map(img: np.ndarray, max_side: int = 64, method: str = "fine_grained") -> np.ndarray:
+    """Saliency of an RGB image on a downscaled copy: :func:`fine_grained_map` or :func:`spectral_residual_map`.
 
     The image is turned to grey and shrunk by the integer factor
     ``k = ceil(max(H, W) / max_side)`` (area averaging; integer factors take OpenCV's fast path),
-    then OpenCV's ``StaticSaliencySpectralResidual`` runs at that size (64 px is the scale the
-    method was designed for). The map is min-max normalised; a flat image gives all zeros.
+    then the saliency runs at that size (64 px is the scale spectral residual was designed for,
+    and keeps either method well under the cost of loading the image). The map is min-max
+    normalised; a flat image gives all zeros.
 
     Args:
         img: ``H x W x 3`` uint8 RGB.
         max_side: longest side of the working resolution, ``>= 8``.
+        method: one of :data:`SALIENCY_METHODS`.
 
     Returns:
         float32 map ``[h, w]`` in ``[0, 1]`` at the *downscaled* resolution
@@ -227,6 +267,8 @@ def saliency_map(img: np.ndarray, max_side: int = 64) -> np.ndarray:
         up to OpenCV's rounding of the output size.
     """
     _check_image(img, "img")
+    if method not in SALIENCY_METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; expected one of {SALIENCY_METHODS}")
     max_side = int(max_side)
     if max_side < 8:
         raise ValueError(f"max_side must be >= 8, got {max_side}")
@@ -235,17 +277,11 @@ def saliency_map(img: np.ndarray, max_side: int = 64) -> np.ndarray:
     if k > 1:
         gray = cv2.resize(gray, None, fx=1.0 / k, fy=1.0 / k, interpolation=cv2.INTER_AREA)
     h, w = gray.shape
-    sr = _spectral_residual()
-    sr.setImageWidth(w)  # work at the downscaled size itself: no second, aspect-distorting resize
-    sr.setImageHeight(h)
-    ok, sal = sr.computeSaliency(gray)
-    if not ok:
-        raise RuntimeError("cv2.saliency spectral residual failed")
-    sal = np.asarray(sal, dtype=np.float32)
+    sal = fine_grained_map(gray) if method == "fine_grained" else spectral_residual_map(gray)
     lo, hi = float(sal.min()), float(sal.max())
     if not (hi > lo) or not math.isfinite(hi - lo):
         return np.zeros((h, w), dtype=np.float32)
-    sal -= lo
+    sal = sal - lo
     sal *= 1.0 / (hi - lo)
     return sal
 
@@ -258,6 +294,7 @@ def saliency_patch(
     rng: Optional[np.random.Generator] = None,
     *,
     max_side: int = 64,
+    method: str = "fine_grained",
 ) -> Patch:
     """SaliencyMix patch: CutMix's patch size, centred on the partner's most salient point.
 
@@ -274,6 +311,7 @@ def saliency_patch(
         rng: breaks ties between equally salient cells (e.g. a flat image) uniformly at random;
             ``None`` takes the first maximum in row-major order.
         max_side: working resolution of the saliency map.
+        method: the saliency map, one of :data:`SALIENCY_METHODS`.
 
     Returns:
         ``(x1, y1, x2, y2)`` Python ints inside ``[0, width] x [0, height]``.
@@ -285,7 +323,7 @@ def saliency_patch(
     cut_h, cut_w = _patch_size(height, width, lam)
     if cut_h == 0 or cut_w == 0:
         return 0, 0, 0, 0
-    sal = saliency_map(img_b, max_side=max_side)
+    sal = saliency_map(img_b, max_side=max_side, method=method)
     if rng is None:
         flat_idx = int(np.argmax(sal))
     else:
@@ -410,6 +448,37 @@ def resize_to(img: np.ndarray, boxes: np.ndarray, height: int, width: int) -> Tu
     return out, scaled.astype(np.float32)
 
 
+def resize_cover(img: np.ndarray, boxes: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Scale an image by one factor so that it covers ``height x width``, then crop its centre to that size.
+
+    The aspect-preserving alternative to :func:`resize_to`: the factor is
+    ``s = max(height / H, width / W)``; the scaled size is ``round(H * s) x round(W * s)`` (at least
+    the target) and boxes are scaled by the exact per-axis factors of that resize (equal to ``s`` up
+    to the rounding of the size), shifted by the crop offset ``((W' - width) // 2, (H' - height) // 2)``
+    and clipped to the crop. A box entirely cropped away keeps zero area (its visible fraction in a
+    patch is then 0, so mixing drops it).
+
+    Returns:
+        ``(image, boxes)``: ``height x width x 3`` uint8 (a new array unless the size already
+        matches) and float32 ``[N, 4]``.
+    """
+    boxes = as_boxes(boxes)
+    h, w = img.shape[:2]
+    height, width = int(height), int(width)
+    if (h, w) == (height, width):
+        return img, boxes.copy()
+    s = max(height / h, width / w)
+    new_h, new_w = max(height, int(round(h * s))), max(width, int(round(w * s)))
+    scaled_img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    oy, ox = (new_h - height) // 2, (new_w - width) // 2
+    out = np.ascontiguousarray(scaled_img[oy:oy + height, ox:ox + width])
+    scale = np.array([new_w / w, new_h / h, new_w / w, new_h / h], dtype=np.float64)
+    shifted = boxes.astype(np.float64) * scale - np.array([ox, oy, ox, oy], dtype=np.float64)
+    shifted[:, 0::2] = np.clip(shifted[:, 0::2], 0.0, width)
+    shifted[:, 1::2] = np.clip(shifted[:, 1::2], 0.0, height)
+    return out, shifted.astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # the weight contract
 # --------------------------------------------------------------------------------------------
@@ -456,6 +525,8 @@ def mix_pair(
     rng: Optional[np.random.Generator],
     min_visible: float = 0.0,
     noise_weight: Optional[float] = None,
+    saliency: str = "fine_grained",
+    paste: str = "stretch",
 ) -> dict:
     """Mix a base sample A with a partner B and weigh every instance per the weight contract.
 
@@ -470,9 +541,11 @@ def mix_pair(
     - ``method="mixup"`` (geometry preserved, :func:`mixup_images`): A's instances ``f = lam``,
       B's ``f = 1 - lam``; the canvas is ``max(H) x max(W)`` (just A's size when ``lam == 1``),
       boxes keep their coordinates (both images are top-left aligned).
-    - ``method="cutmix"`` / ``"saliencymix"``: B (image and boxes) is resized to A's size with
-      :func:`resize_to`, a patch is chosen (:func:`rand_patch`, or :func:`saliency_patch` on the
-      resized B) and B's pixels there are pasted into A. A's boxes are kept whole with
+    - ``method="cutmix"`` / ``"saliencymix"``: B (image and boxes) is brought to A's size
+      (``paste="stretch"``: :func:`resize_to`, unequal x / y factors; ``"keep_aspect"``:
+      :func:`resize_cover`, one factor then a centre crop), a patch is chosen (:func:`rand_patch`,
+      or :func:`saliency_patch` with the ``saliency`` map on the resized B) and B's pixels there
+      are pasted into A. A's boxes are kept whole with
       ``f = visible fraction``; B's boxes are clipped to the patch with ``f = kept fraction``.
       ``lam`` is then the corrected :func:`patch_lambda`.
 
@@ -501,6 +574,8 @@ def mix_pair(
             (tie-breaking), unused otherwise.
         min_visible: drop threshold on the mixing factor for patch methods, ``[0, 1]``.
         noise_weight: the partner's pixel weight in ``"noise"`` mode, ``[0, 1]`` (required there).
+        saliency: the saliency map of ``"saliencymix"``, one of :data:`SALIENCY_METHODS`.
+        paste: how patch methods bring B to A's size, one of :data:`PASTE_MODES`.
 
     Returns:
         dict with ``"image"`` (``H x W x 3`` uint8 RGB; may be A's own image object in
@@ -544,14 +619,16 @@ def mix_pair(
         factor_b = np.full(len(boxes_b), 1.0 - lam, dtype=np.float64)
         keep_a, keep_b = factor_a > 0.0, factor_b > 0.0
     else:
+        if paste not in PASTE_MODES:
+            raise ValueError(f"unknown paste {paste!r}; expected one of {PASTE_MODES}")
         h, w = img_a.shape[:2]
-        img_b, boxes_b = resize_to(img_b, boxes_b, h, w)
+        img_b, boxes_b = (resize_to if paste == "stretch" else resize_cover)(img_b, boxes_b, h, w)
         if method == "cutmix":
             if rng is None:
                 raise ValueError("method 'cutmix' needs rng")
             patch = rand_patch(h, w, lam, rng)
         else:
-            patch = saliency_patch(img_b, h, w, lam, rng)
+            patch = saliency_patch(img_b, h, w, lam, rng, method=saliency)
         image = paste_patch(img_a, img_b, patch)
         lam = patch_lambda(patch, h, w)
         factor_a = _visible_fraction64(boxes_a, patch)

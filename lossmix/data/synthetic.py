@@ -37,6 +37,7 @@ in-memory annotations the same box is ``[x1, y1, x2, y2]`` with exclusive ``x2, 
 from __future__ import annotations
 
 import colorsys
+import functools
 import json
 import os
 import shutil
@@ -59,7 +60,7 @@ SPLITS = ("train", "test")
 
 # Bump whenever the pixels or annotations produced for a given seed change: stamps then
 # stop matching and stale folders are regenerated instead of being taken for current ones.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 STAMP_NAME = ".synthetic.json"
 JPEG_QUALITY = 95
 
@@ -79,7 +80,10 @@ NON_SQUARE_SIDE_RATIO = 1.25  # a non-square image's longer side, relative to ``
 SOURCE_CLASS_HUE_DEG = {"circle": 0.0, "square": 55.0, "triangle": 120.0,
                         "star": 185.0, "cross": 235.0, "ring": 295.0}
 SOURCE_HUE_JITTER_DEG = 8.0  # std of the per-object hue jitter around the class hue
-SOURCE_OFF_HUE_PROB = 0.1  # some objects take a random hue, so shape stays worth learning
+# Probability that a source object takes its class's typical hue; the others take a uniformly random
+# hue. The "colour cue" knob: at 1 hue gives the class away, at 1/6 it carries no information beyond
+# chance, so shape must be learnt. Overridable per call (``class_hue_prob``); recorded in the stamp.
+SOURCE_CLASS_HUE_PROB = 0.5  # calibrated: docs/benchmark.md
 SOURCE_GRAIN = 0.02  # std of the per-pixel sensor noise (intensity in [0, 1])
 
 # --- clipart style ---------------------------------------------------------------------
@@ -371,10 +375,11 @@ def _source_background(rng: np.random.Generator, height: int, width: int) -> np.
     return canvas
 
 
-def _source_object(rng: np.random.Generator, canvas: np.ndarray, shape: _Shape, light_angle: float) -> None:
+def _source_object(rng: np.random.Generator, canvas: np.ndarray, shape: _Shape, light_angle: float, *,
+                   class_hue_prob: float = SOURCE_CLASS_HUE_PROB) -> None:
     name = SYNTHETIC_CLASSES[shape.class_index]
     hue = SOURCE_CLASS_HUE_DEG[name] + rng.normal(0.0, SOURCE_HUE_JITTER_DEG)
-    if rng.random() < SOURCE_OFF_HUE_PROB:
+    if rng.random() >= class_hue_prob:
         hue = rng.uniform(0.0, 360.0)
     colour = _hsv(hue, rng.uniform(0.4, 0.9), rng.uniform(0.45, 0.95))
     offset = max(2.0, 0.06 * shape.extent)
@@ -550,7 +555,7 @@ def _image_shape(rng: np.random.Generator, image_size) -> tuple:
 
 
 def render_sample(domain: str, *, seed: int = 0, split: str = "train", index: int = 0,
-                  image_size=256) -> tuple:
+                  image_size=256, class_hue_prob: float = SOURCE_CLASS_HUE_PROB) -> tuple:
     """Render one image of the benchmark in memory, exactly as :func:`generate` writes it.
 
     Returns ``(image, annotations)``: ``image`` is (H, W, 3) uint8 **RGB**; each annotation is
@@ -559,6 +564,8 @@ def render_sample(domain: str, *, seed: int = 0, split: str = "train", index: in
     "visible_fraction": float in (0, 1]}`` in drawing order.
     ``image_size``: shorter side (int; half the images are square, the rest have a longer side
     of ``NON_SQUARE_SIDE_RATIO`` times it, landscape or portrait) or a fixed ``(height, width)``.
+    ``class_hue_prob``: source domain only, the probability that an object takes its class's hue
+    (``SOURCE_CLASS_HUE_PROB``); the other domains ignore it.
     """
     if domain not in _STYLES:
         raise ValueError(f"unknown synthetic domain {domain!r}; known: {SYNTHETIC_DOMAINS}")
@@ -567,6 +574,8 @@ def render_sample(domain: str, *, seed: int = 0, split: str = "train", index: in
     rng = _image_rng(seed, domain, split, index)
     height, width = _image_shape(rng, _check_image_size(image_size))
     paint_background, paint_object, finish = _STYLES[domain]
+    if domain == "source":
+        paint_object = functools.partial(paint_object, class_hue_prob=_check_prob("class_hue_prob", class_hue_prob))
     shapes = _layout(rng, height, width, domain)
     light_angle = rng.uniform(0.0, 2.0 * np.pi)
     canvas = np.ascontiguousarray(paint_background(rng, height, width), np.float32)
@@ -625,8 +634,8 @@ def _voc_xml(domain: str, image_id: str, height: int, width: int, annotations: l
     return ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
 
 
-def _stamp(domain: str, seed: int, num_train: int, num_test: int, image_size) -> dict:
-    return {
+def _stamp(domain: str, seed: int, num_train: int, num_test: int, image_size, class_hue_prob: float) -> dict:
+    stamp = {
         "generator": "lossmix.data.synthetic",
         "version": GENERATOR_VERSION,
         "domain": domain,
@@ -636,6 +645,9 @@ def _stamp(domain: str, seed: int, num_train: int, num_test: int, image_size) ->
         "image_size": _jsonable(image_size),
         "classes": list(SYNTHETIC_CLASSES),
     }
+    if domain == "source":
+        stamp["class_hue_prob"] = class_hue_prob
+    return stamp
 
 
 def _jsonable(image_size):
@@ -656,13 +668,14 @@ def _image_id(domain: str, split: str, index: int) -> str:
 
 
 def _write_images(directory: str, domain: str, seed: int, split: str, start: int, stop: int,
-                  image_size) -> int:
+                  image_size, class_hue_prob: float = SOURCE_CLASS_HUE_PROB) -> int:
     """Write images ``start:stop`` of one split into a domain folder; returns the number of objects."""
     directory = Path(directory)
     num_objects = 0
     for index in range(start, stop):
         image_id = _image_id(domain, split, index)
-        image, annotations = render_sample(domain, seed=seed, split=split, index=index, image_size=image_size)
+        image, annotations = render_sample(domain, seed=seed, split=split, index=index, image_size=image_size,
+                                           class_hue_prob=class_hue_prob)
         height, width = image.shape[:2]
         jpg = directory / "JPEGImages" / f"{image_id}.jpg"
         if not cv2.imwrite(str(jpg), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
@@ -687,6 +700,12 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def _check_prob(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
 def _check_image_size(image_size):
     """``image_size`` as an int (shorter side) or a (height, width) tuple; ValueError if invalid."""
     if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
@@ -707,7 +726,7 @@ def _check_image_size(image_size):
 
 def generate(root, *, seed: int = 0, num_train: int = 600, num_test: int = 150, image_size=256,
              domains: Sequence[str] = SYNTHETIC_DOMAINS, overwrite: bool = False,
-             workers: int | None = None) -> dict:
+             workers: int | None = None, class_hue_prob: float = SOURCE_CLASS_HUE_PROB) -> dict:
     """Write the synthetic domain-shift benchmark as one VOC folder per domain under ``root``.
 
     Args:
@@ -721,6 +740,7 @@ def generate(root, *, seed: int = 0, num_train: int = 600, num_test: int = 150, 
         workers: threads to render with (cv2 and numpy release the GIL for most of the work);
             None picks one per ``_MIN_IMAGES_PER_WORKER`` images to write, up to the CPU count
             (max 8). The files do not depend on it.
+        class_hue_prob: the source domain's colour cue (``SOURCE_CLASS_HUE_PROB``).
 
     Idempotent: a domain folder whose stamp (``.synthetic.json``) records the same parameters
     (and ``GENERATOR_VERSION``) is skipped: regenerating it would write the same bytes. A
@@ -739,6 +759,7 @@ def generate(root, *, seed: int = 0, num_train: int = 600, num_test: int = 150, 
     num_train = _check_int("num_train", num_train, 0)
     num_test = _check_int("num_test", num_test, 0)
     image_size = _check_image_size(image_size)
+    class_hue_prob = _check_prob("class_hue_prob", class_hue_prob)
     unknown = [d for d in domains if d not in SYNTHETIC_DOMAINS]
     if unknown:
         raise ValueError(f"unknown synthetic domains {unknown}; known: {SYNTHETIC_DOMAINS}")
@@ -751,7 +772,7 @@ def generate(root, *, seed: int = 0, num_train: int = 600, num_test: int = 150, 
     todo = []
     for domain in domains:
         directory = root / domain
-        stamp = _stamp(domain, seed, num_train, num_test, image_size)
+        stamp = _stamp(domain, seed, num_train, num_test, image_size, class_hue_prob)
         summary["domains"][domain] = {"dir": str(directory), "status": "generated", "num_train": num_train,
                                       "num_test": num_test, "num_objects": 0}
         if directory.exists():
@@ -779,7 +800,7 @@ def generate(root, *, seed: int = 0, num_train: int = 600, num_test: int = 150, 
             (partial / "Annotations").mkdir(parents=True)
             (partial / "JPEGImages").mkdir()
             (partial / "ImageSets" / "Main").mkdir(parents=True)
-        args = [(str(partials[d]), d, seed, split, lo, hi, image_size) for d, split, lo, hi in tasks]
+        args = [(str(partials[d]), d, seed, split, lo, hi, image_size, class_hue_prob) for d, split, lo, hi in tasks]
         if workers > 1 and len(args) > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 objects = list(pool.map(_write_images, *zip(*args)))

@@ -78,7 +78,8 @@ def train(cfg, *, resume: bool = False) -> dict:
     ddp_model = _ddp(model, device)
     loader = build_train_loader(cfg, start_iter=start_iter)
     trainer = Trainer(cfg, ddp_model, optimizer, scheduler, loader, device=device, checkpointer=checkpointer,
-                      start_iter=start_iter, evaluate=lambda: evaluate(cfg, model, device))
+                      start_iter=start_iter,
+                      evaluate=lambda: evaluate(cfg, model, device, cfg.TEST.EVAL_PERIOD_DATASETS or None))
     summary = trainer.train()
     summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
     if summary["skipped_bad_samples"]:

@@ -326,7 +326,8 @@ def train_da(cfg, resume: bool = False) -> dict:
     trainer = TeacherStudentTrainer(
         cfg, ddp_student, teacher, ddp_discriminator, optimizer, scheduler, loader, device=device,
         checkpointer=checkpointer, start_iter=start_iter,
-        evaluate=lambda: evaluate_da(cfg, student, teacher_if_ready(trainer.iter + 1), device),
+        evaluate=lambda: evaluate_da(cfg, student, teacher_if_ready(trainer.iter + 1), device,
+                                     cfg.TEST.EVAL_PERIOD_DATASETS or None),
     )
     summary = trainer.train()
     summary["skipped_bad_samples"] = bad_sample_log(cfg).count()

@@ -28,11 +28,13 @@ from typing import Iterable, Optional, Sequence
 
 import yaml
 
-__all__ = ["GROUP_BY", "Run", "MethodSummary", "find_run_dirs", "load_run", "load_runs", "method_of", "summarize",
-           "format_ap", "to_markdown", "plot"]
+__all__ = ["GROUP_BY", "ROLES", "Run", "MethodSummary", "Curve", "find_run_dirs", "has_roles", "load_run", "load_runs", "method_of",
+           "summarize", "flatten_config", "config_differences", "check_poolable", "read_curves", "summarize_curves",
+           "mean_std", "format_ap", "to_markdown", "plot", "plot_curves"]
 
 _SEED_DIR = re.compile(r"^seed\d+$")
 GROUP_BY = ("auto", "parent", "config", "dir")
+ROLES = ("auto", "teacher", "student")  # which model of a DA eval file: auto = the teacher, else the student
 
 
 @dataclass
@@ -67,6 +69,23 @@ class MethodSummary:
     @property
     def n(self) -> int:
         return len(self.ap_values)
+
+
+@dataclass
+class Curve:
+    """AP50 over training iterations of one method on one dataset, over its runs (seeds).
+
+    ``mean[i]`` / ``std[i]`` (ddof 1, NaN with one run) / ``n[i]`` are over the runs that evaluated at
+    ``iterations[i]``; ``values[run path]`` holds each run's ``{iteration: AP50}``.
+    """
+
+    method: str
+    dataset: str
+    iterations: list[int]
+    mean: list[float]
+    std: list[float]
+    n: list[int]
+    values: dict[str, dict[int, float]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,17 +146,44 @@ def method_of(path: str, config: dict, group_by: str = "auto") -> str:
     return f"da:{name}" if (config.get("DA") or {}).get("ENABLED") else name
 
 
-def _pick_model(data: dict) -> tuple[dict, str]:
-    """``(result, which)``: the teacher's result of a DA eval file (the student's when the teacher's is
-    null: burn-in never ended), else the file itself."""
+def _pick_model(data: dict, role: str = "auto") -> tuple[Optional[dict], str]:
+    """``(result, which)`` from one eval file.
+
+    A plain result (``{"AP50": ...}``) is returned as ``"model"``. A ``{role: result}`` file (DA runs
+    write ``{"teacher": ..., "student": ...}``) gives, for ``role="auto"``, the teacher's result (the
+    student's when the teacher's is null: burn-in never ended), else the named role's result, or
+    ``(None, role)`` when that role is absent or null.
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if "AP50" in data:
+        return data, "model"
+    if role != "auto":
+        result = data.get(role)
+        return (result, role) if isinstance(result, dict) and "AP50" in result else (None, role)
     for which in ("teacher", "student"):
         if isinstance(data.get(which), dict) and "AP50" in data[which]:
             return data[which], which
     return data, "model"
 
 
-def load_run(path: str, group_by: str = "auto") -> Run:
-    """Read one run folder (``config.yaml`` optional, ``eval/*.json`` required)."""
+def has_roles(path: str) -> bool:
+    """Whether a run folder's eval files are ``{role: result}`` maps (a DA run's)."""
+    eval_dir = os.path.join(path, "eval")
+    for fname in sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []:
+        if fname.endswith(".json"):
+            with open(os.path.join(eval_dir, fname), encoding="utf-8") as f:
+                if "AP50" not in json.load(f):
+                    return True
+    return False
+
+
+def load_run(path: str, group_by: str = "auto", role: str = "auto") -> Run:
+    """Read one run folder (``config.yaml`` optional, ``eval/*.json`` required).
+
+    ``role`` picks the model of DA eval files (see :func:`_pick_model`); a dataset whose file lacks
+    that role is left out of ``results``.
+    """
     config = _read_config(path)
     eval_dir = os.path.join(path, "eval")
     results, evaluated = {}, {}
@@ -147,20 +193,88 @@ def load_run(path: str, group_by: str = "auto") -> Run:
     for fname in fnames:
         with open(os.path.join(eval_dir, fname), encoding="utf-8") as f:
             data = json.load(f)  # Python's json reads the NaN that evaluate() writes for undefined classes
-        result, which = _pick_model(data)
+        result, which = _pick_model(data, role)
+        if result is None:
+            continue
         if "AP50" not in result:
             raise ValueError(f"{os.path.join(eval_dir, fname)}: no AP50 (keys: {sorted(data)})")
         dataset = fname[:-len(".json")]
         results[dataset], evaluated[dataset] = result, which
     if not results:
-        raise FileNotFoundError(f"{eval_dir}: no <dataset>.json results")
+        wanted = "" if role == "auto" else f" with a {role!r} result"
+        raise FileNotFoundError(f"{eval_dir}: no <dataset>.json results{wanted}")
     return Run(path=path, method=method_of(path, config, group_by), results=results, evaluated=evaluated,
                config=config)
 
 
-def load_runs(paths: Sequence[str], group_by: str = "auto") -> list[Run]:
+def load_runs(paths: Sequence[str], group_by: str = "auto", role: str = "auto") -> list[Run]:
     """:func:`load_run` for every run folder in ``paths`` (see :func:`find_run_dirs`)."""
-    return [load_run(p, group_by) for p in find_run_dirs(paths)]
+    return [load_run(p, group_by, role) for p in find_run_dirs(paths)]
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict:
+    """``{"A": {"B": 1}}`` -> ``{"A.B": 1}`` (lists and tuples are leaves, as tuples)."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, name + "."))
+        else:
+            flat[name] = _freeze(value)
+    return flat
+
+
+def _freeze(value):
+    return tuple(_freeze(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+_MISSING = object()
+
+
+def config_differences(a: dict, b: dict, *, ignore: Iterable[str] = ("SEED", "OUTPUT_DIR"),
+                       defaults: Optional[dict] = None) -> dict[str, tuple]:
+    """``{dotted key: (value in a, value in b)}`` for every key whose values differ, ``ignore`` aside.
+
+    A key present in only one config (the other shows ``"<absent>"``) is a difference, unless
+    ``defaults`` (a config dict, e.g. ``yaml.safe_load(get_cfg().dump())``) gives it the value it has
+    on the side where it is present: a key added to lossmix after a run was made, at its default,
+    does not change that run.
+    """
+    fa, fb = flatten_config(a), flatten_config(b)
+    fd = flatten_config(defaults) if defaults is not None else {}
+    ignored = set(ignore)
+    diffs = {}
+    for key in sorted(set(fa) | set(fb)):
+        if key in ignored:
+            continue
+        va, vb = fa.get(key, _MISSING), fb.get(key, _MISSING)
+        if va == vb:
+            continue
+        if va is _MISSING or vb is _MISSING:
+            present = vb if va is _MISSING else va
+            if key in fd and fd[key] == present:
+                continue
+        diffs[key] = tuple("<absent>" if v is _MISSING else v for v in (va, vb))
+    return diffs
+
+
+def check_poolable(runs: Sequence[Run], *, ignore: Iterable[str] = ("SEED", "OUTPUT_DIR"),
+                   defaults: Optional[dict] = None) -> None:
+    """Raise ``ValueError`` when two runs of one method have configs that differ beyond ``ignore``.
+
+    The message names both runs and each differing key with its two values: a mean over seeds
+    must be a mean over seeds only.
+    """
+    first: dict[str, Run] = {}
+    for run in runs:
+        ref = first.setdefault(run.method, run)
+        if ref is run:
+            continue
+        diffs = config_differences(ref.config, run.config, ignore=ignore, defaults=defaults)
+        if diffs:
+            listed = "; ".join(f"{k}: {va!r} vs {vb!r}" for k, (va, vb) in diffs.items())
+            raise ValueError(f"refusing to pool {ref.path} and {run.path} into {run.method!r}: their configs differ "
+                             f"beyond {', '.join(ignore)}: {listed}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,6 +294,12 @@ def _std(values: Sequence[float]) -> float:
         return float("nan")
     m = _mean(values)
     return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """``(mean, sample std (ddof 1), n)`` of the finite values; NaN mean with none, NaN std with one."""
+    finite = _finite(values)
+    return _mean(finite), _std(finite), len(finite)
 
 
 def _evaluated_label(labels: list[str]) -> str:
@@ -214,19 +334,70 @@ def summarize(runs: Sequence[Run]) -> dict[str, list[MethodSummary]]:
     return summary
 
 
+def read_curves(run: Run, role: str = "auto") -> dict[str, dict[int, float]]:
+    """``{dataset: {iteration: AP50}}`` from the run's ``metrics.jsonl`` rows ``{"iteration": i, "eval": {...}}``
+    (written every ``TEST.EVAL_PERIOD``), each ending with the run's final result at ``SOLVER.MAX_ITER``
+    (when the config gives it).
+
+    A row's result may be plain or a ``{role: result}`` map (read per ``role`` as in :func:`load_run`).
+    """
+    curves: dict[str, dict[int, float]] = {}
+    path = os.path.join(run.path, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: not JSON ({err})") from None
+                for dataset, data in (row.get("eval") or {}).items():
+                    result, _ = _pick_model(data or {}, role)
+                    if result is not None and "AP50" in result:
+                        curves.setdefault(dataset, {})[int(row["iteration"])] = float(result["AP50"])
+    max_iter = (run.config.get("SOLVER") or {}).get("MAX_ITER")
+    if max_iter is not None:
+        for dataset, points in curves.items():  # datasets evaluated during training end with the final result
+            if dataset in run.results:
+                points[int(max_iter)] = float(run.results[dataset]["AP50"])
+    return curves
+
+
+def summarize_curves(runs: Sequence[Run], role: str = "auto") -> dict[str, list[Curve]]:
+    """``{dataset: [Curve, ...]}``: per method, mean / std / n of AP50 at each iteration over its runs.
+
+    Only runs that evaluated during training contribute; datasets and methods in first-met order.
+    """
+    grouped: dict[str, dict[str, dict[str, dict[int, float]]]] = {}
+    for run in runs:
+        for dataset, points in read_curves(run, role).items():
+            grouped.setdefault(dataset, {}).setdefault(run.method, {})[run.path] = points
+    out = {}
+    for dataset, methods in grouped.items():
+        rows = []
+        for method, per_run in methods.items():
+            its = sorted({i for points in per_run.values() for i in points})
+            stats = [mean_std(points[i] for points in per_run.values() if i in points) for i in its]
+            rows.append(Curve(method=method, dataset=dataset, iterations=its, mean=[m for m, _, _ in stats],
+                              std=[s for _, s, _ in stats], n=[k for _, _, k in stats], values=per_run))
+        out[dataset] = rows
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------------
-def format_ap(mean: float, std: float, n: int, digits: int = 1) -> str:
-    """``"48.3 ±1.2 (n=3)"``; just ``"48.3"`` with one run; ``"n/a"`` when undefined."""
+def format_ap(mean: float, std: float, n: int, digits: int = 1, *, show_n: bool = False) -> str:
+    """``"48.3 ±1.2 (n=3)"``; just ``"48.3"`` with one run (``"48.3 (n=1)"`` with ``show_n``); ``"n/a"`` when undefined."""
     if not math.isfinite(mean):
         return "n/a"
     if n < 2:
-        return f"{mean:.{digits}f}"
+        return f"{mean:.{digits}f} (n={n})" if show_n else f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ±{std:.{digits}f} (n={n})"
 
 
-def to_markdown(summary: dict[str, list[MethodSummary]], digits: int = 1) -> str:
+def to_markdown(summary: dict[str, list[MethodSummary]], digits: int = 1, *, show_n: bool = False) -> str:
     """One markdown table per dataset: method, mAP (mean ± std over seeds), evaluated model, per-class means."""
     blocks = []
     for dataset, rows in summary.items():
@@ -235,7 +406,7 @@ def to_markdown(summary: dict[str, list[MethodSummary]], digits: int = 1) -> str
         lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] + ["---"] + ["---:"] * len(classes)) + "|"]
         for row in rows:
-            cells = [row.method, format_ap(row.ap_mean, row.ap_std, row.n, digits), row.evaluated]
+            cells = [row.method, format_ap(row.ap_mean, row.ap_std, row.n, digits, show_n=show_n), row.evaluated]
             for c in classes:
                 v = row.per_class.get(c, float("nan"))
                 cells.append(f"{v:.{digits}f}" if math.isfinite(v) else "n/a")
@@ -287,4 +458,38 @@ def plot(summary: dict[str, list[MethodSummary]], path: str, *, title: Optional[
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_curves(curves: dict[str, list[Curve]], path: str, *, title: Optional[str] = None,
+                panel_titles: Optional[dict[str, str]] = None) -> str:
+    """AP50 vs iteration: one panel per dataset, one line per method (mean over runs), a ±std band -> PNG.
+
+    ``panel_titles`` may rename panels (e.g. to mark a train split). Standalone Agg canvas, as :func:`plot`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = list(curves)
+    cols = min(3, max(len(datasets), 1))
+    rows = -(-max(len(datasets), 1) // cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows))
+    FigureCanvasAgg(fig)
+    for k, dataset in enumerate(datasets):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for curve in curves[dataset]:
+            mean = [m for m in curve.mean]
+            (line,) = ax.plot(curve.iterations, mean, marker="o", markersize=3, label=curve.method)
+            lo = [m - (s if math.isfinite(s) else 0.0) for m, s in zip(mean, curve.std)]
+            hi = [m + (s if math.isfinite(s) else 0.0) for m, s in zip(mean, curve.std)]
+            ax.fill_between(curve.iterations, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title((panel_titles or {}).get(dataset, dataset), fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("AP50 (%)  mean ± std")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     return path

@@ -1,0 +1,656 @@
+"""Benchmark protocols: configs x seeds trained by ``tools/train_net.py`` in subprocesses, then one report.
+
+A *protocol* is a YAML file, ``configs/benchmark/<name>.yaml``::
+
+    DESCRIPTION: "what this protocol measures"      # optional, copied into the report
+    SEEDS: [0, 1, 2]                                # default seeds of every entry (required unless each entry has SEEDS)
+    OVERRIDES: ["SOLVER.MAX_ITER", "600"]           # optional KEY VALUE pairs applied to every entry
+    DATASETS: ["synthetic_source_test"]             # optional: the eval results tabulated (default: every one found)
+    GAP: {SOURCE_ONLY: source_only, ORACLE: oracle} # optional: adds the share of the gap closed per dataset,
+                                                    #   (entry - source_only) / (oracle - source_only), on the means
+    ENTRIES:                                        # required, a non-empty list
+      - NAME: none                                  # required, unique, letters / digits / . _ - (a folder name)
+        CONFIG: configs/quickstart/synthetic_baseline.yaml   # required, relative to the working directory
+        OVERRIDES: ["LOSSMIX.MODE", "none"]         # optional, applied after the protocol's OVERRIDES
+        SEEDS: [0, 1]                               # optional, replaces the default seeds
+        SHARED_WITH: supervised                     # optional: the runs live in <root>/supervised/<NAME>/seed<k>,
+                                                    #   so one training serves both protocols (configs must agree)
+        INIT_FROM: none                             # optional: MODEL.WEIGHTS = that entry's model_final.pth of the
+                                                    #   same seed; the run starts once that run is complete
+
+Each (entry, seed) is a *run* in ``<output root>/<protocol>/<entry>/seed<k>``, trained by
+``python tools/train_net.py --config-file CONFIG <protocol overrides> <entry overrides> SEED k OUTPUT_DIR <run>``.
+A run is *complete* when its ``config.yaml`` exists, ``eval/`` holds a result for each of its
+``DATASETS.TEST`` and ``metrics.jsonl`` has the final summary row (or ``model_final.pth`` exists); it is
+*resumed* (``--resume``) when it is not complete and has a ``last_checkpoint``. A run whose existing
+``config.yaml`` differs from the config it would get now (beyond ``OUTPUT_DIR``) is *changed*: never
+reused silently (:func:`plan` marks it, :func:`execute` refuses unless asked to retrain it).
+
+The report (:func:`build_report`) pools the complete runs of each entry with
+:mod:`lossmix.utils.compare` (mean, sample std, n; per class), refusing runs of one entry whose configs
+differ beyond ``SEED`` and ``OUTPUT_DIR``; :func:`write_report` writes ``<name>.md``, ``<name>.png``,
+``<name>.json`` and, when runs evaluated during training, ``<name>_curves.png``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import yaml
+
+from . import compare
+
+__all__ = ["ProtocolError", "Entry", "Protocol", "RunSpec", "load_protocol", "protocol_path", "plan", "run_state",
+           "eta_seconds", "execute", "machine_info", "build_report", "to_markdown", "write_report"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TOP_KEYS = {"DESCRIPTION", "SEEDS", "OVERRIDES", "DATASETS", "GAP", "ENTRIES"}
+_ENTRY_KEYS = {"NAME", "CONFIG", "OVERRIDES", "SEEDS", "SHARED_WITH", "INIT_FROM"}
+_RESERVED = ("SEED", "OUTPUT_DIR")  # set by the tool for each run
+TRAIN_SPLIT = "_train"  # datasets whose name holds this are training splits (shown apart, as train-split AP)
+
+
+class ProtocolError(ValueError):
+    """A protocol file that cannot be used: the message names the file and the key."""
+
+
+@dataclass
+class Entry:
+    name: str
+    config: str
+    overrides: list[str]
+    seeds: list[int]
+    shared_with: Optional[str] = None  # another protocol whose run folders this entry uses
+    init_from: Optional[str] = None  # an earlier entry whose final weights of the same seed start this one
+
+
+@dataclass
+class Protocol:
+    name: str
+    path: str
+    description: str
+    overrides: list[str]
+    datasets: list[str]  # empty: every dataset found
+    gap: Optional[dict]  # {"SOURCE_ONLY": entry, "ORACLE": entry} or None
+    entries: list[Entry]
+
+    def run_dir(self, output_root: str, entry: Entry, seed: int) -> str:
+        return os.path.join(output_root, entry.shared_with or self.name, entry.name, f"seed{seed}")
+
+    def entry(self, name: str) -> Entry:
+        return next(e for e in self.entries if e.name == name)
+
+
+# --------------------------------------------------------------------------------------------
+# protocol files
+# --------------------------------------------------------------------------------------------
+def protocol_path(name: str, root: str = "configs/benchmark") -> str:
+    """A protocol name (``supervised``) -> ``<root>/supervised.yaml``; a path to a ``.yaml`` file is kept."""
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        return name
+    return os.path.join(root, f"{name}.yaml")
+
+
+def _seeds(value, path: str, key: str) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                         and s >= 0 for s in value):
+        raise ProtocolError(f"{path}: {key} must be a non-empty list of non-negative integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ProtocolError(f"{path}: {key} repeats a seed: {value!r}")
+    return list(value)
+
+
+def _overrides(value, path: str, key: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) % 2:
+        raise ProtocolError(f"{path}: {key} must be a list of KEY VALUE pairs (even length), got {value!r}")
+    if any(isinstance(v, (dict, list)) for v in value):
+        raise ProtocolError(f"{path}: {key} holds a nested value; write each VALUE as a string, got {value!r}")
+    opts = [str(v) for v in value]
+    for reserved in _RESERVED:
+        if reserved in opts[0::2]:
+            raise ProtocolError(f"{path}: {key} sets {reserved}, which the benchmark sets for each run")
+    return opts
+
+
+def load_protocol(path: str) -> Protocol:
+    """Read and check a protocol file (see the module docstring); errors name the file and the key."""
+    if not os.path.isfile(path):
+        raise ProtocolError(f"{path}: protocol file not found")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ProtocolError(f"{path}: not valid YAML ({err})".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{path}: expected a mapping with ENTRIES, got {type(data).__name__}")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ProtocolError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
+    default_seeds = _seeds(data["SEEDS"], path, "SEEDS") if "SEEDS" in data else None
+    overrides = _overrides(data.get("OVERRIDES"), path, "OVERRIDES")
+    datasets = data.get("DATASETS") or []
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise ProtocolError(f"{path}: DATASETS must be a list of dataset names, got {datasets!r}")
+    entries_data = data.get("ENTRIES")
+    if not isinstance(entries_data, list) or not entries_data:
+        raise ProtocolError(f"{path}: ENTRIES must be a non-empty list, got {entries_data!r}")
+    entries = []
+    for i, e in enumerate(entries_data):
+        where = f"ENTRIES[{i}]"
+        if not isinstance(e, dict):
+            raise ProtocolError(f"{path}: {where} must be a mapping, got {e!r}")
+        unknown = sorted(set(e) - _ENTRY_KEYS)
+        if unknown:
+            raise ProtocolError(f"{path}: {where}: unknown key(s) {unknown}; allowed: {sorted(_ENTRY_KEYS)}")
+        name = e.get("NAME")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ProtocolError(f"{path}: {where}.NAME must be a folder-safe name (letters, digits, . _ -), got {name!r}")
+        where = f"ENTRIES[{i}] ({name})"
+        if name in (x.name for x in entries):
+            raise ProtocolError(f"{path}: {where}.NAME repeats an earlier entry's name")
+        config = e.get("CONFIG")
+        if not isinstance(config, str) or not config:
+            raise ProtocolError(f"{path}: {where}.CONFIG must be a config file path, got {config!r}")
+        if "SEEDS" in e:
+            seeds = _seeds(e["SEEDS"], path, f"{where}.SEEDS")
+        elif default_seeds is None:
+            raise ProtocolError(f"{path}: {where} has no SEEDS and the protocol has no default SEEDS")
+        else:
+            seeds = default_seeds
+        shared_with, init_from = e.get("SHARED_WITH"), e.get("INIT_FROM")
+        if shared_with is not None and (not isinstance(shared_with, str) or not _NAME.match(shared_with)):
+            raise ProtocolError(f"{path}: {where}.SHARED_WITH must be a protocol name, got {shared_with!r}")
+        if init_from is not None:
+            earlier = {x.name: x for x in entries}
+            if init_from not in earlier:
+                raise ProtocolError(f"{path}: {where}.INIT_FROM = {init_from!r} is not the NAME of an earlier entry")
+            if set(seeds) - set(earlier[init_from].seeds):
+                raise ProtocolError(f"{path}: {where}.INIT_FROM = {init_from!r} lacks seeds "
+                                    f"{sorted(set(seeds) - set(earlier[init_from].seeds))}")
+        entry_overrides = overrides + _overrides(e.get("OVERRIDES"), path, f"{where}.OVERRIDES")
+        if init_from is not None and "MODEL.WEIGHTS" in entry_overrides[0::2]:
+            raise ProtocolError(f"{path}: {where} sets both INIT_FROM and MODEL.WEIGHTS")
+        entries.append(Entry(name=name, config=config, overrides=entry_overrides, seeds=seeds,
+                             shared_with=shared_with, init_from=init_from))
+    gap = data.get("GAP")
+    if gap is not None:
+        if not isinstance(gap, dict) or set(gap) != {"SOURCE_ONLY", "ORACLE"}:
+            raise ProtocolError(f"{path}: GAP must be {{SOURCE_ONLY: entry, ORACLE: entry}}, got {gap!r}")
+        for key, value in gap.items():
+            if value not in (x.name for x in entries):
+                raise ProtocolError(f"{path}: GAP.{key} = {value!r} is not an entry NAME")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return Protocol(name=name, path=path, description=str(data.get("DESCRIPTION") or ""), overrides=overrides,
+                    datasets=list(datasets), gap=gap, entries=entries)
+
+
+# --------------------------------------------------------------------------------------------
+# planning: which runs to train, resume or skip
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RunSpec:
+    """One (entry, seed) run. ``state``: complete | resume | fresh | changed (see the module docstring)."""
+
+    entry: str
+    seed: int
+    output_dir: str
+    config_file: str
+    opts: list[str]  # every KEY VALUE override, SEED and OUTPUT_DIR included
+    tests: list[str]  # DATASETS.TEST of the run's config
+    max_iter: int
+    state: str = "fresh"
+    changed_keys: dict = field(default_factory=dict)
+    after: Optional[str] = None  # output_dir of the run whose final weights this one starts from
+
+    def command(self, python: str = sys.executable, train_net: str = "tools/train_net.py") -> list[str]:
+        resume = ["--resume"] if self.state == "resume" else []
+        return [python, train_net, "--config-file", self.config_file, *resume, *self.opts]
+
+
+def _read_yaml(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def _metrics_rows(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    rows = []
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by a kill: the rest of the file is still usable
+                    continue
+    return rows
+
+
+def _summary_row(run_dir: str) -> Optional[dict]:
+    summaries = [r["summary"] for r in _metrics_rows(run_dir) if isinstance(r.get("summary"), dict)]
+    return summaries[-1] if summaries else None
+
+
+def run_state(run_dir: str, expected_config: dict, tests: Sequence[str], *, defaults: Optional[dict] = None
+              ) -> tuple[str, dict]:
+    """``(state, changed keys)`` of a run folder given the config it would be trained with now."""
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        return "fresh", {}
+    diffs = compare.config_differences(_read_yaml(cfg_path), expected_config, ignore=("OUTPUT_DIR",),
+                                       defaults=defaults)
+    if diffs:
+        return "changed", diffs
+    evals = all(os.path.isfile(os.path.join(run_dir, "eval", f"{t}.json")) for t in tests)
+    finished = _summary_row(run_dir) is not None or os.path.isfile(os.path.join(run_dir, "model_final.pth"))
+    if evals and finished:
+        return "complete", {}
+    if os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
+        return "resume", {}
+    return "fresh", {}
+
+
+def _default_config() -> dict:
+    from ..config.defaults import get_cfg
+
+    return yaml.safe_load(get_cfg().dump())
+
+
+def plan(protocol: Protocol, output_root: str) -> list[RunSpec]:
+    """Every run of the protocol with its state; builds each run's config (a bad key names the entry)."""
+    from ..config.setup import build_config
+
+    defaults = _default_config()
+    specs = []
+    for entry in protocol.entries:
+        for seed in entry.seeds:
+            out = protocol.run_dir(output_root, entry, seed)
+            after = None
+            init = []
+            if entry.init_from:
+                after = protocol.run_dir(output_root, protocol.entry(entry.init_from), seed)
+                init = ["MODEL.WEIGHTS", os.path.join(after, "model_final.pth")]
+            opts = list(entry.overrides) + init + ["SEED", str(seed), "OUTPUT_DIR", out]
+            try:
+                cfg = build_config(entry.config, opts)
+            except (KeyError, ValueError, FileNotFoundError) as err:
+                msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+                raise ProtocolError(f"{protocol.path}: entry {entry.name!r}: {msg}") from None
+            expected = yaml.safe_load(cfg.dump())
+            state, diffs = run_state(out, expected, list(cfg.DATASETS.TEST), defaults=defaults)
+            specs.append(RunSpec(entry=entry.name, seed=seed, output_dir=out, config_file=entry.config, opts=opts,
+                                 tests=list(cfg.DATASETS.TEST), max_iter=int(cfg.SOLVER.MAX_ITER), state=state,
+                                 changed_keys=diffs, after=after))
+    return specs
+
+
+def describe_changed(spec: RunSpec) -> str:
+    keys = "; ".join(f"{k}: {old!r} in its config.yaml, {new!r} now" for k, (old, new) in spec.changed_keys.items())
+    return f"{spec.output_dir} (entry {spec.entry!r}, seed {spec.seed}) was trained with another config: {keys}"
+
+
+# --------------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------------
+def eta_seconds(done_seconds: Sequence[float], waiting: int, running_fractions: Sequence[tuple[float, float]],
+                jobs: int) -> Optional[float]:
+    """Seconds left, or ``None`` when nothing allows a guess.
+
+    ``done_seconds``: wall time of runs finished in this session; ``waiting``: runs not started;
+    ``running_fractions``: ``(elapsed seconds, fraction of iterations done)`` of each running run.
+    A run's length is the mean of the finished ones, else estimated from the running ones' progress.
+    """
+    lengths = [s for s in done_seconds if s > 0]
+    if not lengths:
+        lengths = [elapsed / frac for elapsed, frac in running_fractions if frac > 0]
+    if not lengths:
+        return None if (waiting or running_fractions) else 0.0
+    per_run = sum(lengths) / len(lengths)
+    left = waiting * per_run + sum(max(per_run - elapsed, 0.0) for elapsed, _ in running_fractions)
+    return left / max(min(jobs, waiting + len(running_fractions)), 1)
+
+
+def _fmt_seconds(s: Optional[float]) -> str:
+    if s is None or not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _last_iteration(run_dir: str) -> int:
+    rows = [r for r in _metrics_rows(run_dir) if "iteration" in r and "summary" not in r]
+    return int(rows[-1]["iteration"]) if rows else 0
+
+
+def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] = None,
+            python: str = sys.executable, train_net: str = "tools/train_net.py", rerun_changed: bool = False,
+            log: Callable[[str], None] = print, progress_every: float = 60.0) -> list[dict]:
+    """Train every run that is not complete, ``jobs`` at a time (seed-major order), each with ``threads`` threads.
+
+    Changed runs raise ``RuntimeError`` (naming each run and key) unless ``rerun_changed``: their
+    folder is then deleted and trained again. Each run's output goes to ``<run>/benchmark.log``, its
+    wall time and thread count to ``<run>/benchmark.json``. Progress lines (done / total, elapsed,
+    ETA) are printed at each start and end and every ``progress_every`` seconds. Returns one
+    ``{"run", "returncode", "seconds"}`` per run trained; raises ``RuntimeError`` if any failed.
+    """
+    changed = [s for s in specs if s.state == "changed"]
+    if changed and not rerun_changed:
+        raise RuntimeError("runs exist with another config (use --rerun-changed to delete and retrain them):\n  "
+                           + "\n  ".join(describe_changed(s) for s in changed))
+    threads = threads or (1 if jobs > 1 else (os.cpu_count() or 1))
+    # seed-major: every entry's first seed before any second seed, so a cut-short session still gives a table
+    seed_rank = {seed: i for i, seed in enumerate(sorted({s.seed for s in specs}))}
+    todo = sorted((s for s in specs if s.state != "complete"), key=lambda s: seed_rank[s.seed])
+    total, skipped = len(specs), len(specs) - len(todo)
+    done_seconds, finished, failures = [], [], []
+    running: list[tuple[RunSpec, subprocess.Popen, float, object]] = []
+    start = time.monotonic()
+    last_report = start
+
+    def progress(event: str) -> None:
+        fractions = [(time.monotonic() - t0, _last_iteration(s.output_dir) / max(s.max_iter, 1))
+                     for s, _, t0, _ in running]
+        eta = eta_seconds(done_seconds, len(todo), fractions, jobs)
+        log(f"[benchmark] {skipped + len(finished)}/{total} runs done ({skipped} already complete), "
+            f"{len(running)} running, elapsed {_fmt_seconds(time.monotonic() - start)}, ETA {_fmt_seconds(eta)}"
+            f"{': ' + event if event else ''}")
+
+    progress("")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # the runs import the same lossmix as this process (a checkout's, not another install's)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in [env.get("PYTHONPATH")] if p])
+    pending = {s.output_dir for s in todo}  # a run INIT_FROM one of these waits until it has finished
+    while todo or running:
+        while len(running) < jobs:
+            ready = [s for s in todo if s.after is None or s.after not in pending]
+            if not ready:
+                break
+            spec = ready[0]
+            todo.remove(spec)
+            if spec.state == "changed":
+                log(f"[benchmark] deleting {spec.output_dir}: {describe_changed(spec)}")
+                shutil.rmtree(spec.output_dir)
+                spec.state = "fresh"
+            os.makedirs(spec.output_dir, exist_ok=True)
+            logf = open(os.path.join(spec.output_dir, "benchmark.log"), "a", encoding="utf-8")
+            cmd = spec.command(python, train_net)
+            logf.write(f"# {datetime.datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n")
+            logf.flush()
+            running.append((spec, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env),
+                            time.monotonic(), logf))
+            progress(f"started {spec.entry} seed {spec.seed}{' (resumed)' if spec.state == 'resume' else ''}")
+        if todo and not running:  # every run left starts from one that failed
+            for spec in todo:
+                failures.append(spec)
+                log(f"[benchmark] NOT RUN {spec.entry} seed {spec.seed}: it starts from {spec.after}, which failed")
+            todo.clear()
+        time.sleep(0.2)
+        for item in list(running):
+            spec, proc, t0, logf = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            logf.close()
+            seconds = time.monotonic() - t0
+            _record_attempt(spec, seconds, threads, proc.returncode)
+            finished.append({"run": spec.output_dir, "returncode": proc.returncode, "seconds": round(seconds, 1)})
+            if proc.returncode == 0:
+                pending.discard(spec.output_dir)
+                done_seconds.append(seconds)
+                progress(f"finished {spec.entry} seed {spec.seed} in {_fmt_seconds(seconds)}")
+            else:
+                failures.append(spec)
+                progress(f"FAILED {spec.entry} seed {spec.seed} (exit {proc.returncode}); see "
+                         f"{os.path.join(spec.output_dir, 'benchmark.log')}")
+        if time.monotonic() - last_report >= progress_every and running:
+            last_report = time.monotonic()
+            progress("")
+    if failures:
+        raise RuntimeError(f"{len(failures)} run(s) failed: " + ", ".join(
+            os.path.join(s.output_dir, "benchmark.log") for s in failures))
+    return finished
+
+
+def _record_attempt(spec: RunSpec, seconds: float, threads: int, returncode: int) -> None:
+    path = os.path.join(spec.output_dir, "benchmark.json")
+    record = {"attempts": []}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    record["attempts"].append({"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                               "wall_seconds": round(seconds, 1), "threads": threads, "returncode": returncode,
+                               "resumed": spec.state == "resume"})
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    """CPU model (``/proc/cpuinfo``), logical cores, Python / torch versions, platform."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:  # pragma: no cover
+        torch_version = "not installed"
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch_version,
+            "platform": platform.platform()}
+
+
+def _run_record(run: compare.Run, role_runs: dict) -> dict:
+    summary = _summary_row(run.path) or {}
+    attempts = []
+    bench_path = os.path.join(run.path, "benchmark.json")
+    if os.path.isfile(bench_path):
+        with open(bench_path, encoding="utf-8") as f:
+            attempts = json.load(f).get("attempts", [])
+    record = {"path": run.path, "seed": run.config.get("SEED"), "train_seconds": summary.get("seconds"),
+              "iterations": summary.get("iterations"), "threads": sorted({a["threads"] for a in attempts}) or None,
+              "wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1) if attempts else None,
+              "results": {d: {"AP50": r["AP50"], "per_class": r.get("per_class", {}), "evaluated": run.evaluated[d]}
+                          for d, r in run.results.items()}}
+    for role, runs in role_runs.items():
+        other = runs.get(run.path)
+        if other is not None:
+            record[role] = {d: {"AP50": r["AP50"], "per_class": r.get("per_class", {})}
+                            for d, r in other.results.items()}
+    return record
+
+
+def _summary_json(summary: dict) -> dict:
+    return {dataset: {row.method: {"mean": row.ap_mean, "std": row.ap_std, "n": row.n, "values": row.ap_values,
+                                   "per_class": row.per_class, "evaluated": row.evaluated}
+                      for row in rows} for dataset, rows in summary.items()}
+
+
+def gap_closed(summary: dict, source_only: str, oracle: str) -> dict[str, dict[str, float]]:
+    """``{dataset: {entry: (mean - source_only mean) / (oracle mean - source_only mean)}}`` (NaN when the
+    oracle does not beat source only, or either is missing on that dataset)."""
+    out = {}
+    for dataset, rows in summary.items():
+        means = {row.method: row.ap_mean for row in rows}
+        lo, hi = means.get(source_only, float("nan")), means.get(oracle, float("nan"))
+        ok = math.isfinite(lo) and math.isfinite(hi) and hi > lo
+        out[dataset] = {m: ((v - lo) / (hi - lo) if ok and math.isfinite(v) else float("nan"))
+                        for m, v in means.items()}
+    return out
+
+
+def _filter(runs: list, datasets: Sequence[str]) -> list:
+    if not datasets:
+        return runs
+    for run in runs:
+        run.results = {d: r for d, r in run.results.items() if d in datasets}
+        run.evaluated = {d: w for d, w in run.evaluated.items() if d in datasets}
+    return [r for r in runs if r.results]
+
+
+def build_report(protocol: Protocol, specs: Sequence[RunSpec], *, command: str = "") -> dict:
+    """Everything the report shows, as one JSON-ready dict, from the complete runs in ``specs``."""
+    complete = [s.output_dir for s in specs if s.state == "complete"]
+    missing = [s.output_dir for s in specs if s.state != "complete"]
+    if not complete:
+        raise FileNotFoundError(f"no complete run of protocol {protocol.name!r} yet ({len(missing)} to train)")
+    runs = _filter([compare.load_run(p, group_by="parent") for p in complete], protocol.datasets)
+    compare.check_poolable(runs, defaults=_default_config())
+    summary = compare.summarize(runs)
+    role_runs, role_summaries = {}, {}
+    if any(compare.has_roles(r.path) for r in runs):
+        for role in ("teacher", "student"):
+            loaded = []
+            for r in runs:
+                try:
+                    loaded.append(compare.load_run(r.path, group_by="parent", role=role))
+                except FileNotFoundError:  # that role has no result in this run (e.g. no teacher yet)
+                    pass
+            loaded = _filter(loaded, protocol.datasets)
+            role_runs[role] = {r.path: r for r in loaded}
+            if loaded:
+                role_summaries[role] = compare.summarize(loaded)
+    curves = compare.summarize_curves(runs)
+    gap = gap_closed(summary, protocol.gap["SOURCE_ONLY"], protocol.gap["ORACLE"]) if protocol.gap else None
+    records = [_run_record(r, role_runs) for r in runs]
+    train_seconds = [r["train_seconds"] for r in records if r["train_seconds"] is not None]
+    wall_seconds = [r["wall_seconds"] for r in records if r["wall_seconds"] is not None]
+    threads = sorted({t for r in records for t in (r["threads"] or [])})
+    order = [e.name for e in protocol.entries]
+    return {
+        "protocol": protocol.name, "protocol_file": protocol.path, "description": protocol.description,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
+        "machine": dict(machine_info(), threads=threads or None),
+        "entries": [{"name": e.name, "config": e.config, "overrides": e.overrides, "seeds": e.seeds}
+                    for e in protocol.entries],
+        "missing_runs": missing,
+        "summary": _summary_json(summary),
+        "roles": {role: _summary_json(s) for role, s in role_summaries.items()},
+        "gap_closed": gap,
+        "curves": {d: {c.method: {"iterations": c.iterations, "mean": c.mean, "std": c.std, "n": c.n,
+                                  "values": {p: {str(i): v for i, v in pts.items()} for p, pts in c.values.items()}}
+                       for c in rows} for d, rows in curves.items()},
+        "runs": {name: [r for r, run in zip(records, runs) if run.method == name] for name in order},
+        "train_seconds": {"total": round(sum(train_seconds), 1), "per_run_mean": round(sum(train_seconds) /
+                                                                                      len(train_seconds), 1)
+                          if train_seconds else None},
+        "wall_seconds_total": round(sum(wall_seconds), 1) if wall_seconds else None,
+        "_objects": {"summary": summary, "roles": role_summaries, "curves": curves},  # dropped from the JSON
+    }
+
+
+def _is_train_split(dataset: str) -> bool:
+    return TRAIN_SPLIT in dataset
+
+
+def _dataset_label(dataset: str) -> str:
+    return f"{dataset} (train-split AP)" if _is_train_split(dataset) else dataset
+
+
+def to_markdown(report: dict) -> str:
+    """The report as markdown: overview (entry x dataset, mean ± std (n)), gap closed, per-class tables,
+    teacher / student tables for DA runs, wall time per run, machine and the command to reproduce."""
+    summary = report["_objects"]["summary"]
+    datasets = sorted(summary, key=_is_train_split)  # test splits first, train splits after
+    entries = [e["name"] for e in report["entries"]]
+    lines = [f"# Benchmark: {report['protocol']}", ""]
+    if report["description"]:
+        lines += [report["description"].strip(), ""]
+    lines += ["AP50 (%), mean ± sample std over seeds (n runs). "
+              "Columns marked train-split AP are measured on training images (overfitting shows as a gap to the test split).",
+              ""]
+    gap = report["gap_closed"]
+    header = ["entry"] + [_dataset_label(d) for d in datasets]
+    if gap:
+        header += [f"gap closed: {d}" for d in datasets if not _is_train_split(d)]
+    header += ["train s / run"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for name in entries:
+        cells = [name]
+        for d in datasets:
+            row = next((r for r in summary[d] if r.method == name), None)
+            cells.append(compare.format_ap(row.ap_mean, row.ap_std, row.n, show_n=True) if row else "–")
+        if gap:
+            for d in datasets:
+                if not _is_train_split(d):
+                    v = gap.get(d, {}).get(name, float("nan"))
+                    cells.append(f"{100 * v:.0f}%" if math.isfinite(v) else "n/a")
+        secs = [r["train_seconds"] for r in report["runs"].get(name, []) if r["train_seconds"] is not None]
+        cells.append(f"{sum(secs) / len(secs):.0f}" if secs else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    if gap:
+        lines += ["", "Gap closed = (entry − source only) / (oracle − source only), on the means."]
+    lines += ["", "## Per class", "", compare.to_markdown(summary, show_n=True).rstrip()]
+    for role, role_summary in report["_objects"]["roles"].items():
+        lines += ["", f"## {role.capitalize()} model (domain-adaptation runs)", "",
+                  compare.to_markdown(role_summary, show_n=True).rstrip()]
+    lines += ["", "## Runs", "", "| entry | seed | train s | wall s (incl. eval) | " + " | ".join(datasets) + " |",
+              "|---|---:|---:|---:|" + "---:|" * len(datasets)]
+    for name in entries:
+        for r in report["runs"].get(name, []):
+            aps = [f"{r['results'][d]['AP50']:.1f}" if d in r["results"] else "–" for d in datasets]
+            lines.append(f"| {name} | {r['seed']} | {r['train_seconds'] if r['train_seconds'] is not None else '–'} | "
+                         f"{r['wall_seconds'] if r['wall_seconds'] is not None else '–'} | " + " | ".join(aps) + " |")
+    m = report["machine"]
+    lines += ["", f"Training time: {report['train_seconds']['total']} s in all"
+              + (f", {report['wall_seconds_total']} s wall time of the benchmark's subprocesses"
+                 if report["wall_seconds_total"] else "") + ".",
+              f"Machine: {m['cpu']}, {m['cores']} cores, threads per run {m['threads'] or 'unknown'}, "
+              f"torch {m['torch']}, Python {m['python']}. Date: {report['date']}."]
+    if report["missing_runs"]:
+        lines += ["", f"**Incomplete: {len(report['missing_runs'])} run(s) not in this report:** "
+                  + ", ".join(f"`{p}`" for p in report["missing_runs"])]
+    if report["curves"]:
+        lines += ["", f"Learning curves: `{report['protocol']}_curves.png` (values in the JSON)."]
+    lines += ["", "Reproduce:", "", "```", report["command"] or f"make benchmark PROTOCOL={report['protocol']}",
+              "```", ""]
+    return "\n".join(lines)
+
+
+def _json_ready(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    return obj
+
+
+def write_report(report: dict, out_dir: str) -> list[str]:
+    """``<protocol>.md``, ``.png``, ``.json`` (NaN written as null) and ``_curves.png`` when there are curves."""
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, report["protocol"])
+    objects = report["_objects"]
+    with open(base + ".md", "w", encoding="utf-8") as f:
+        f.write(to_markdown(report))
+    compare.plot(objects["summary"], base + ".png", title=f"benchmark: {report['protocol']}")
+    with open(base + ".json", "w", encoding="utf-8") as f:
+        json.dump(_json_ready({k: v for k, v in report.items() if k != "_objects"}), f, indent=1)
+        f.write("\n")
+    written = [base + ".md", base + ".png", base + ".json"]
+    if objects["curves"]:
+        compare.plot_curves(objects["curves"], base + "_curves.png", title=f"benchmark: {report['protocol']}",
+                            panel_titles={d: _dataset_label(d) for d in objects["curves"]})
+        written.append(base + "_curves.png")
+    return written
