@@ -350,9 +350,13 @@ def test_config_keys_match_lossmix_and_are_commented():
     for k in ours:
         line = next(i for i, text in enumerate(source) if f"_C.LOSSMIX.{k} =" in text)
         assert source[line - 1].strip().startswith("#"), k
+    # every key is read where detectron2 builds the mapper or the heads
+    readers = inspect.getsource(lmd2.LossMixDatasetMapper.from_config) + inspect.getsource(lmd2.LossMixRPNMixin._lossmix_args)
+    for k in ours:
+        assert f".{k}" in readers, f"LOSSMIX.{k} is never read"
     validate_lossmix_config(cfg)
     for key, bad in (("MODE", "mixed"), ("METHOD", "mosaic"), ("FORMULATION", "x"), ("PROB", 1.5), ("ALPHA", 0.0),
-                     ("NOISE_RANGE", (0.2, 0.1))):
+                     ("NOISE_RANGE", (0.2, 0.1)), ("SALIENCY", "itti"), ("PASTE", "tile")):
         broken = cfg.clone()
         broken.LOSSMIX[key] = bad
         with pytest.raises(ValueError, match=f"LOSSMIX.{key}"):
@@ -379,12 +383,13 @@ def _mapper(fmt="BGR", augmentations=(), **kw):
     return lmd2.LossMixDatasetMapper(is_train=True, augmentations=list(augmentations), image_format=fmt, **kw)
 
 
-@pytest.mark.parametrize("mode,method", [("lossmix", "mixup"), ("lossmix", "cutmix"), ("lossmix", "saliencymix"),
-                                         ("uniform", "cutmix"), ("noise", "mixup")])
+@pytest.mark.parametrize("mode,method,extra", [
+    ("lossmix", "mixup", {}), ("lossmix", "cutmix", {"paste": "keep_aspect"}), ("lossmix", "saliencymix", {}),
+    ("lossmix", "saliencymix", {"saliency": "spectral_residual"}), ("uniform", "cutmix", {}), ("noise", "mixup", {})])
 @pytest.mark.parametrize("fmt", ["BGR", "RGB"])
-def test_mapper_mix_matches_lossmix_mixing(tmp_path, mode, method, fmt):
+def test_mapper_mix_matches_lossmix_mixing(tmp_path, mode, method, extra, fmt):
     a, b = _write_images(tmp_path)
-    mapper = _mapper(fmt, mode=mode, method=method, min_visible=0.1)
+    mapper = _mapper(fmt, mode=mode, method=method, min_visible=0.1, **extra)
     plan = mapper.plan(np.random.default_rng(7))
     assert plan.mode == mode
     out = mapper.mix(mapper.load(a), mapper.load(b), plan, np.random.default_rng(8))
@@ -392,7 +397,7 @@ def test_mapper_mix_matches_lossmix_mixing(tmp_path, mode, method, fmt):
     expected = mix_pair({"image": a["rgb"], "boxes": a["boxes"], "classes": a["classes"]},
                         {"image": b["rgb"], "boxes": b["boxes"], "classes": b["classes"]},
                         mode=mode, method=method, lam=plan.lam, rng=np.random.default_rng(8), min_visible=0.1,
-                        noise_weight=plan.noise_weight)
+                        noise_weight=plan.noise_weight, **extra)
     image = out["image"].permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(image[..., ::-1] if fmt == "BGR" else image, expected["image"])
     inst = out["instances"]
@@ -431,8 +436,10 @@ def test_mapper_honours_augmentations_and_leaves_numpy_global_rng_alone(tmp_path
 def test_mapper_from_config_and_refusals():
     cfg = _model_cfg("fpn")
     cfg.LOSSMIX.MODE, cfg.LOSSMIX.METHOD, cfg.LOSSMIX.PROB = "lossmix", "cutmix", 0.5
+    cfg.LOSSMIX.SALIENCY, cfg.LOSSMIX.PASTE = "spectral_residual", "keep_aspect"
     mapper = lmd2.LossMixDatasetMapper(cfg, is_train=True)
     assert (mapper.mode, mapper.method, mapper.prob, mapper.image_format) == ("lossmix", "cutmix", 0.5, "BGR")
+    assert (mapper.saliency, mapper.paste) == ("spectral_residual", "keep_aspect")
     assert not lmd2.LossMixDatasetMapper(cfg, is_train=False).mixes
     cfg.INPUT.FORMAT = "L"
     with pytest.raises(ValueError, match="INPUT.FORMAT"):

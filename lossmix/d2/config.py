@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-from ..data.mixing import METHODS, MODES
+from ..data.mixing import METHODS, MODES, PASTE_MODES, SALIENCY_METHODS
 from ..modeling.targets import FORMULATIONS
 
 
@@ -30,6 +30,11 @@ def add_lossmix_config(cfg: CN) -> CN:
     _C.LOSSMIX.MIN_VISIBLE = 0.1
     # loss weight of background anchors / proposals
     _C.LOSSMIX.BG_WEIGHT = 1.0
+    # saliencymix's saliency map: fine_grained (Montabone-Soto, as the SaliencyMix paper) | spectral_residual
+    _C.LOSSMIX.SALIENCY = "fine_grained"
+    # cutmix / saliencymix: partner brought to the base's size by stretch (unequal x / y factors)
+    # | keep_aspect (one factor, cover then centre-crop)
+    _C.LOSSMIX.PASTE = "stretch"
     # instance (per-instance weights) | interpolate (lambda * L(x, A) + (1 - lambda) * L(x, B))
     _C.LOSSMIX.FORMULATION = "instance"
     return cfg
@@ -39,7 +44,8 @@ def validate_lossmix_config(cfg: CN) -> None:
     """Reject out-of-range ``LOSSMIX.*`` values (the message names the key, the value and what is allowed)."""
     m = cfg.LOSSMIX
     for key, value, allowed in (("MODE", m.MODE, MODES), ("METHOD", m.METHOD, METHODS),
-                                ("FORMULATION", m.FORMULATION, FORMULATIONS)):
+                                ("FORMULATION", m.FORMULATION, FORMULATIONS),
+                                ("SALIENCY", m.SALIENCY, SALIENCY_METHODS), ("PASTE", m.PASTE, PASTE_MODES)):
         if value not in allowed:
             raise ValueError(f"LOSSMIX.{key} = {value!r}; allowed: {', '.join(allowed)}")
     for key in ("PROB", "MIN_VISIBLE"):

@@ -27,7 +27,7 @@ from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.structures import Boxes, Instances
 
-from ..data.mixing import METHODS, MODES, mix_pair, sample_lambda
+from ..data.mixing import METHODS, MODES, PASTE_MODES, SALIENCY_METHODS, mix_pair, sample_lambda
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +70,13 @@ class LossMixDatasetMapper(DatasetMapper):
     supplies. In inference (``is_train=False``) it is ``DatasetMapper`` exactly.
 
     Args (beyond ``DatasetMapper``'s): ``mode``, ``method``, ``alpha``, ``prob``, ``noise_range``,
-    ``min_visible``: the ``LOSSMIX.*`` keys of the same names.
+    ``min_visible``, ``saliency``, ``paste``: the ``LOSSMIX.*`` keys of the same names.
     """
 
     @configurable
     def __init__(self, is_train: bool = True, *, mode: str = "none", method: str = "mixup", alpha: float = 1.0,
-                 prob: float = 1.0, noise_range=(0.0, 0.1), min_visible: float = 0.1, **kwargs):
+                 prob: float = 1.0, noise_range=(0.0, 0.1), min_visible: float = 0.1, saliency: str = "fine_grained",
+                 paste: str = "stretch", **kwargs):
         super().__init__(is_train, **kwargs)
         if mode not in MODES:
             raise ValueError(f"LOSSMIX.MODE must be one of {MODES}, got {mode!r}")
@@ -84,6 +85,11 @@ class LossMixDatasetMapper(DatasetMapper):
         self.mode, self.method, self.alpha, self.prob = mode, method, float(alpha), float(prob)
         self.noise_range = tuple(float(v) for v in noise_range)
         self.min_visible = float(min_visible)
+        if saliency not in SALIENCY_METHODS:
+            raise ValueError(f"LOSSMIX.SALIENCY must be one of {SALIENCY_METHODS}, got {saliency!r}")
+        if paste not in PASTE_MODES:
+            raise ValueError(f"LOSSMIX.PASTE must be one of {PASTE_MODES}, got {paste!r}")
+        self.saliency, self.paste = saliency, paste
         if self.mixes:
             if self.image_format not in MIXABLE_FORMATS:
                 raise ValueError(f"LossMix mixes {'/'.join(MIXABLE_FORMATS)} images; INPUT.FORMAT is {self.image_format!r}")
@@ -97,7 +103,7 @@ class LossMixDatasetMapper(DatasetMapper):
         if is_train:
             m = cfg.LOSSMIX
             ret.update(mode=m.MODE, method=m.METHOD, alpha=m.ALPHA, prob=m.PROB, noise_range=m.NOISE_RANGE,
-                       min_visible=m.MIN_VISIBLE)
+                       min_visible=m.MIN_VISIBLE, saliency=m.SALIENCY, paste=m.PASTE)
         return ret
 
     @property
@@ -126,7 +132,7 @@ class LossMixDatasetMapper(DatasetMapper):
             return self._with_weight_fields(base)
         mixed = mix_pair(self._to_sample(base, "base"), self._to_sample(partner, "partner"), mode=plan.mode,
                          method=self.method, lam=plan.lam, rng=rng, min_visible=self.min_visible,
-                         noise_weight=plan.noise_weight)
+                         noise_weight=plan.noise_weight, saliency=self.saliency, paste=self.paste)
         return self._from_sample(base, mixed)
 
     def __call__(self, dataset_dict: dict) -> dict:
