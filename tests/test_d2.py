@@ -363,6 +363,23 @@ def test_config_keys_match_lossmix_and_are_commented():
             validate_lossmix_config(broken)
 
 
+def test_every_d2_config_loads_and_builds():
+    folder = os.path.join(REPO, "configs", "d2")
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".yaml"))
+    assert {"Base-RCNN-FPN.yaml", "synthetic_lossmix.yaml", "voc_faster_rcnn_R_50_FPN_lossmix.yaml"} <= set(names)
+    for name in names:
+        cfg = get_cfg()
+        lmd2.add_lossmix_config(cfg)
+        cfg.merge_from_file(os.path.join(folder, name))
+        validate_lossmix_config(cfg)
+        assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "LossMixRPN", name
+        assert cfg.MODEL.ROI_HEADS.NAME == "LossMixStandardROIHeads", name
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
+    cfg.merge_from_file(SYNTHETIC_CONFIG)
+    model = build_model(cfg)  # the synthetic benchmark's model builds as configured
+    assert type(model.roi_heads).__name__ == "LossMixStandardROIHeads"
+
+
 # ------------------------------------------------------------------------------------------- mapper
 def _write_images(tmp_path):
     """Two PNG images (lossless, so PIL and cv2 read the same pixels) and their dataset dicts."""
