@@ -308,3 +308,29 @@ def test_a_run_waits_for_the_run_it_starts_from(tmp_path):
     events = [line.split()[0] + " " + line.split()[1].split(os.sep)[-2]
               for line in (tmp_path / "out" / "events").read_text().splitlines()]
     assert events == ["start source_only", "end source_only", "start at", "end at"]
+
+
+def test_claim_verdicts_on_hand_computed_spreads():
+    # means 33 vs 30, sample stds 1 and 1, n 3 and 3: se = sqrt(1/3 + 1/3) = 0.8165, 2 se = 1.633 < 3
+    v = bm.claim_verdict([32.0, 33.0, 34.0], [29.0, 30.0, 31.0])
+    assert v["verdict"] == "holds" and v["difference"] == pytest.approx(3.0) and v["se"] == pytest.approx(0.8165, abs=1e-4)
+    assert bm.claim_verdict([29.0, 30.0, 31.0], [32.0, 33.0, 34.0])["verdict"] == "does not hold"
+    assert bm.claim_verdict([30.0, 32.0, 34.0], [29.0, 30.0, 31.0])["verdict"] == "within the spread"  # 1 < 2 * 1.29
+    assert bm.claim_verdict([35.0], [30.0, 31.0])["verdict"] == "not judged (n = 1)"
+    assert bm.claim_verdict([], [30.0])["verdict"] == "missing runs"
+
+
+def test_claims_are_judged_in_the_report(tmp_path):
+    text = PROTO.replace("ENTRIES:", 'CLAIMS:\n  - {CLAIM: "LossMix > none", BETTER: lossmix, THAN: none, '
+                                     'DATASET: synthetic_source_test}\nENTRIES:')
+    proto = bm.load_protocol(_protocol(tmp_path, text))
+    specs = bm.plan(proto, str(tmp_path / "out"))
+    for spec in specs:
+        ap = {"none": 30.0, "lossmix": 33.0, "oracle": 50.0}[spec.entry] + spec.seed - 1
+        _fake_run(spec, {"synthetic_source_test": ap})
+    report = bm.build_report(proto, bm.plan(proto, str(tmp_path / "out")))
+    (claim,) = report["claims"]
+    assert claim["verdict"] == "holds" and claim["better_mean"] == 33.0 and claim["than_mean"] == 30.0
+    assert "| LossMix > none | synthetic_source_test | 33.0 vs 30.0 | +3.0 ± 0.8 | 3 vs 3 | **holds** |" in bm.to_markdown(report)
+    with pytest.raises(bm.ProtocolError, match=r"CLAIMS\[0\].THAN = 'nope' is not an entry NAME"):
+        bm.load_protocol(_protocol(tmp_path, text.replace("THAN: none", "THAN: nope")))

@@ -7,29 +7,33 @@ import os
 
 import torch
 
-from ..config.setup import build_config
-from ..data.loader import bad_sample_log, build_test_loader, build_train_loader
-from ..modeling.build import build_detector
+from ..config.setup import build_config, for_eval_only
+from ..data.builtin import register_custom
+from ..data.catalog import check_num_classes
+from ..data.loader import bad_sample_log, build_train_loader
+from ..modeling.build import build_detector, require_weights
 from ..utils import comm
+from ..utils.logger import setup_logging
 from .checkpoint import Checkpointer
-from .inference import build_evaluator, inference_on_dataset
+from .inference import evaluate_dataset
 from .schedule import build_optimizer, build_scheduler
 from .trainer import Trainer, resolve_device
 
 logger = logging.getLogger("lossmix")
 
 
-def setup(config_file: str = "", opts=None):
-    """Config from file + overrides, the output folder (with the merged config.yaml) and logging."""
-    from ..data import builtin  # noqa: F401  (registers the standard dataset names)
-
+def setup(config_file: str = "", opts=None, *, eval_only: bool = False):
+    """Config from file + overrides, the output folder (with the merged config.yaml), logging (console and
+    OUTPUT_DIR/log.txt) and the DATASETS.CUSTOM_VOC folders. ``eval_only``: OUTPUT_DIR/eval_only/<weights>."""
     cfg = build_config(config_file, opts)
+    if eval_only:
+        cfg = for_eval_only(cfg)
+    register_custom(cfg)
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
-    logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s r{comm.get_rank()}] %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging(cfg.OUTPUT_DIR)
     return cfg
 
 
@@ -52,15 +56,17 @@ def evaluate(cfg, model, device, dataset_names=None) -> dict:
     """Evaluate on ``DATASETS.TEST`` (or the given names); writes ``OUTPUT_DIR/eval/<name>.json``."""
     results = {}
     for name in dataset_names or cfg.DATASETS.TEST:
-        result = inference_on_dataset(model, build_test_loader(cfg, name), build_evaluator(cfg, name), device)
+        result = evaluate_dataset(cfg, model, name, device)
         write_eval(cfg, name, result)
         if comm.is_main_process():
             results[name] = result
     return results
 
 
-def train(cfg, *, resume: bool = False) -> dict:
-    """Supervised training per ``cfg`` (resuming from ``OUTPUT_DIR/last_checkpoint`` if asked); returns results."""
+def train(cfg, *, resume: bool = False, allow_fresh: bool = False) -> dict:
+    """Supervised training per ``cfg`` (resuming from the newest loadable checkpoint if asked); returns results."""
+    require_weights(cfg)
+    check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     if cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     torch.manual_seed(cfg.SEED + comm.get_rank())
@@ -70,11 +76,7 @@ def train(cfg, *, resume: bool = False) -> dict:
     scheduler = build_scheduler(cfg, optimizer)
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, keep=cfg.SOLVER.KEEP_CHECKPOINTS, model=model,
                                 optimizer=optimizer, scheduler=scheduler)
-    start_iter = 0
-    if resume and checkpointer.last_checkpoint():
-        path = checkpointer.last_checkpoint()
-        start_iter = checkpointer.load(path)["iteration"]
-        logger.info("resumed from %s at iteration %d", path, start_iter)
+    start_iter = checkpointer.resume(allow_fresh=allow_fresh) if resume else 0
     ddp_model = _ddp(model, device)
     loader = build_train_loader(cfg, start_iter=start_iter)
     trainer = Trainer(cfg, ddp_model, optimizer, scheduler, loader, device=device, checkpointer=checkpointer,
@@ -83,13 +85,16 @@ def train(cfg, *, resume: bool = False) -> dict:
     summary = trainer.train()
     summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
     if summary["skipped_bad_samples"]:
-        logger.warning("%d bad samples were skipped; see %s/bad_samples.jsonl", summary["skipped_bad_samples"], cfg.OUTPUT_DIR)
+        logger.warning("%d bad file(s) were skipped (%d times); see %s/bad_samples.jsonl", summary["skipped_bad_samples"],
+                       bad_sample_log(cfg).count_events(), cfg.OUTPUT_DIR)
     results = evaluate(cfg, model, device)
     return {"summary": summary, "results": results}
 
 
 def evaluate_only(cfg) -> dict:
     """Load ``MODEL.WEIGHTS`` (already done by build_detector) and evaluate on ``DATASETS.TEST``."""
+    require_weights(cfg, eval_only=True)
+    check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.DATASETS.TEST)
     device = resolve_device(cfg.MODEL.DEVICE)
     model = build_detector(cfg).to(device)
     return evaluate(cfg, model, device)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
-from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..data.catalog import MetadataCatalog
+from ..data.loader import eval_dataset_dicts
 from ..evaluation import COCOEvaluator, VOCDetectionEvaluator
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,9 @@ def predict(model, batch: list[dict], device) -> list[dict]:
     return results
 
 
-def build_evaluator(cfg, dataset_name: str):
-    """VOC (area or 11-point, with the dataset's class subset) or COCO, from metadata or ``TEST.METRIC``."""
+def build_evaluator(cfg, dataset_name: str, *, dicts=None):
+    """VOC (area or 11-point, with the dataset's class subset) or COCO, from metadata or ``TEST.METRIC``.
+    ``dicts``: the evaluated split (default: loaded under ``TEST.ON_BAD_SAMPLE``)."""
     meta = MetadataCatalog.get(dataset_name)
     metric = cfg.TEST.METRIC
     if metric == "auto":
@@ -51,20 +54,49 @@ def build_evaluator(cfg, dataset_name: str):
             metric = "coco"
         else:
             metric = "voc07" if meta.get("use_07_metric", False) else "voc_area"
-    dicts = DatasetCatalog.get(dataset_name)
+    dicts = eval_dataset_dicts(cfg, dataset_name) if dicts is None else dicts
     classes = meta.get("thing_classes")
     if metric == "coco":
         return COCOEvaluator(dicts, classes)
-    return VOCDetectionEvaluator(dicts, classes, use_07_metric=metric == "voc07", class_subset=meta.get("eval_classes"))
+    return VOCDetectionEvaluator(dicts, classes, use_07_metric=metric == "voc07", class_subset=meta.get("eval_classes"),
+                                 exact_recall_levels=cfg.TEST.VOC07_RECALL_LEVELS == "exact")
 
 
-def inference_on_dataset(model, loader, evaluator, device, *, progress: bool = False) -> dict:
+def inference_on_dataset(model, loader, evaluator, device, *, progress=None, desc: str = "eval") -> dict:
+    """Predict every batch of ``loader`` and feed ``evaluator``; returns ``evaluator.evaluate()``.
+
+    ``progress``: a tqdm bar (None: on the main process only). Images a skipping test loader could not read
+    arrive as None and get no detections.
+    """
+    from ..utils import comm
+
     evaluator.reset()
     iterator = loader
+    if progress is None:
+        progress = comm.is_main_process()
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+        iterator = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for batch in iterator:
-        evaluator.process(batch, predict(model, batch, device))
+        batch = [b for b in batch if b is not None]
+        if batch:
+            evaluator.process(batch, predict(model, batch, device))
     return evaluator.evaluate()
+
+
+def evaluate_dataset(cfg, model, dataset_name: str, device, *, role: str = "") -> dict:
+    """Evaluate ``model`` on one registered test set, with a progress bar and a log line before and after."""
+    from ..data.loader import build_test_loader
+
+    dicts = eval_dataset_dicts(cfg, dataset_name)
+    label = f"{dataset_name} ({role})" if role else dataset_name
+    logger.info("evaluating %s: %d images", label, len(dicts))
+    start = time.perf_counter()
+    result = inference_on_dataset(model, build_test_loader(cfg, dataset_name, dicts=dicts),
+                                  build_evaluator(cfg, dataset_name, dicts=dicts), device, desc=f"eval {label}")
+    if result:
+        score = result.get("AP50", result.get("AP"))
+        logger.info("%s: AP50 %s%% (%s) in %.1f s", label, f"{score:.2f}" if isinstance(score, float) else score,
+                    result.get("metric", "coco"), time.perf_counter() - start)
+    return result

@@ -38,14 +38,15 @@ import torch
 from torch import nn
 
 from ..data.adaptation import TARGET_PAIR_STREAM, active_pairs, build_da_loader, pair_rng
-from ..data.loader import bad_sample_log, build_test_loader
+from ..data.catalog import check_num_classes
+from ..data.loader import bad_sample_log
 from ..data.mapper import LossMixDatasetMapper, to_model_input
-from ..modeling.build import build_detector
+from ..modeling.build import build_detector, require_weights
 from ..modeling.discriminator import ImageDomainDiscriminator, capture_feature, domain_loss
 from ..utils import comm
 from .checkpoint import Checkpointer, unwrap
 from .defaults import _ddp, write_eval
-from .inference import build_evaluator, images_to_device, inference_on_dataset
+from .inference import evaluate_dataset, images_to_device
 from .schedule import build_optimizer, build_scheduler
 from .trainer import Trainer, resolve_device, targets_to_device
 
@@ -280,21 +281,23 @@ def evaluate_da(cfg, student: nn.Module, teacher: Optional[nn.Module], device, d
     for name in dataset_names or cfg.DATASETS.TEST:
         pair = {}
         for role, model in (("teacher", teacher), ("student", unwrap(student))):
-            pair[role] = None if model is None else inference_on_dataset(
-                model, build_test_loader(cfg, name), build_evaluator(cfg, name), device)
+            pair[role] = None if model is None else evaluate_dataset(cfg, model, name, device, role=role)
         write_eval(cfg, name, pair)
         if comm.is_main_process():
             results[name] = pair
     return results
 
 
-def train_da(cfg, resume: bool = False) -> dict:
+def train_da(cfg, resume: bool = False, allow_fresh: bool = False) -> dict:
     """Teacher-student adaptation per ``cfg`` (resuming from ``OUTPUT_DIR/last_checkpoint`` if asked).
 
     Returns ``{"summary": {...}, "results": {test set: {"teacher": ..., "student": ...}}}``.
     Checkpoints hold ``model`` (the student), ``teacher``, ``discriminator``, ``optimizer`` and
     ``scheduler``; so ``--eval-only MODEL.WEIGHTS <checkpoint>`` evaluates the student.
     """
+    require_weights(cfg)
+    check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                      [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TRAIN_UNLABELED, *cfg.DATASETS.TEST])
     if cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     torch.manual_seed(cfg.SEED + comm.get_rank())
@@ -310,11 +313,7 @@ def train_da(cfg, resume: bool = False) -> dict:
     scheduler = build_scheduler(cfg, optimizer)
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, keep=cfg.SOLVER.KEEP_CHECKPOINTS, model=student, teacher=teacher,
                                 discriminator=discriminator, optimizer=optimizer, scheduler=scheduler)
-    start_iter = 0
-    if resume and checkpointer.last_checkpoint():
-        path = checkpointer.last_checkpoint()
-        start_iter = checkpointer.load(path)["iteration"]
-        logger.info("resumed from %s at iteration %d", path, start_iter)
+    start_iter = checkpointer.resume(allow_fresh=allow_fresh) if resume else 0
     logger.info("domain adaptation: burn-in %d of %d iterations, mixing pairs %s", cfg.DA.BURN_IN_ITERS,
                 cfg.SOLVER.MAX_ITER, list(active_pairs(cfg)) or "none")
     ddp_student, ddp_discriminator = _ddp(student, device), _ddp(discriminator, device)

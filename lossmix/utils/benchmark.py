@@ -8,6 +8,8 @@ A *protocol* is a YAML file, ``configs/benchmark/<name>.yaml``::
     DATASETS: ["synthetic_source_test"]             # optional: the eval results tabulated (default: every one found)
     GAP: {SOURCE_ONLY: source_only, ORACLE: oracle} # optional: adds the share of the gap closed per dataset,
                                                     #   (entry - source_only) / (oracle - source_only), on the means
+    CLAIMS:                                         # optional: claims judged in the report (see claim_verdict)
+      - {CLAIM: "LossMix > no mixing", BETTER: lossmix, THAN: none, DATASET: synthetic_source_test}
     ENTRIES:                                        # required, a non-empty list
       - NAME: none                                  # required, unique, letters / digits / . _ - (a folder name)
         CONFIG: configs/quickstart/synthetic_baseline.yaml   # required, relative to the working directory
@@ -54,7 +56,8 @@ __all__ = ["ProtocolError", "Entry", "Protocol", "RunSpec", "load_protocol", "pr
            "eta_seconds", "execute", "machine_info", "build_report", "to_markdown", "write_report"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TOP_KEYS = {"DESCRIPTION", "SEEDS", "OVERRIDES", "DATASETS", "GAP", "ENTRIES"}
+_TOP_KEYS = {"DESCRIPTION", "SEEDS", "OVERRIDES", "DATASETS", "GAP", "CLAIMS", "ENTRIES"}
+_CLAIM_KEYS = {"CLAIM", "BETTER", "THAN", "DATASET"}
 _ENTRY_KEYS = {"NAME", "CONFIG", "OVERRIDES", "SEEDS", "SHARED_WITH", "INIT_FROM"}
 _RESERVED = ("SEED", "OUTPUT_DIR")  # set by the tool for each run
 TRAIN_SPLIT = "_train"  # datasets whose name holds this are training splits (shown apart, as train-split AP)
@@ -83,6 +86,7 @@ class Protocol:
     datasets: list[str]  # empty: every dataset found
     gap: Optional[dict]  # {"SOURCE_ONLY": entry, "ORACLE": entry} or None
     entries: list[Entry]
+    claims: list[dict] = field(default_factory=list)  # {"CLAIM", "BETTER", "THAN", "DATASET"}
 
     def run_dir(self, output_root: str, entry: Entry, seed: int) -> str:
         return os.path.join(output_root, entry.shared_with or self.name, entry.name, f"seed{seed}")
@@ -191,9 +195,18 @@ def load_protocol(path: str) -> Protocol:
         for key, value in gap.items():
             if value not in (x.name for x in entries):
                 raise ProtocolError(f"{path}: GAP.{key} = {value!r} is not an entry NAME")
+    claims = data.get("CLAIMS") or []
+    if not isinstance(claims, list):
+        raise ProtocolError(f"{path}: CLAIMS must be a list of {{CLAIM, BETTER, THAN, DATASET}}, got {claims!r}")
+    for i, claim in enumerate(claims):
+        if not isinstance(claim, dict) or set(claim) != _CLAIM_KEYS:
+            raise ProtocolError(f"{path}: CLAIMS[{i}] must have exactly the keys {sorted(_CLAIM_KEYS)}, got {claim!r}")
+        for key in ("BETTER", "THAN"):
+            if claim[key] not in (x.name for x in entries):
+                raise ProtocolError(f"{path}: CLAIMS[{i}].{key} = {claim[key]!r} is not an entry NAME")
     name = os.path.splitext(os.path.basename(path))[0]
     return Protocol(name=name, path=path, description=str(data.get("DESCRIPTION") or ""), overrides=overrides,
-                    datasets=list(datasets), gap=gap, entries=entries)
+                    datasets=list(datasets), gap=gap, entries=entries, claims=claims)
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,6 +512,40 @@ def gap_closed(summary: dict, source_only: str, oracle: str) -> dict[str, dict[s
     return out
 
 
+def claim_verdict(better: Sequence[float], than: Sequence[float]) -> dict:
+    """Is ``mean(better) > mean(than)`` beyond the seed-to-seed spread?
+
+    ``difference`` = the difference of the means; ``se`` = its standard error,
+    sqrt(s_b^2 / n_b + s_t^2 / n_t) with sample variances. The verdict is ``holds`` when the difference
+    exceeds 2 se, ``does not hold`` when it is below -2 se, else ``within the spread``; with fewer than
+    two runs on either side there is no spread to judge by: ``not judged (n = 1)``. A rule of thumb, not
+    a significance test: with 3 seeds a real effect of one standard error is often ``within the spread``.
+    """
+    b, t = [v for v in better if math.isfinite(v)], [v for v in than if math.isfinite(v)]
+    if not b or not t:
+        return {"difference": float("nan"), "se": float("nan"), "verdict": "missing runs", "n": [len(b), len(t)]}
+    diff = sum(b) / len(b) - sum(t) / len(t)
+    if len(b) < 2 or len(t) < 2:
+        return {"difference": diff, "se": float("nan"), "verdict": "not judged (n = 1)", "n": [len(b), len(t)]}
+    (_, std_b, _), (_, std_t, _) = compare.mean_std(b), compare.mean_std(t)
+    se = math.sqrt(std_b ** 2 / len(b) + std_t ** 2 / len(t))
+    verdict = "holds" if diff > 2 * se else "does not hold" if diff < -2 * se else "within the spread"
+    return {"difference": diff, "se": se, "verdict": verdict, "n": [len(b), len(t)]}
+
+
+def judge_claims(protocol: Protocol, summary: dict) -> list[dict]:
+    """Each of the protocol's CLAIMS with the two entries' means and its :func:`claim_verdict`."""
+    out = []
+    for claim in protocol.claims:
+        rows = {row.method: row for row in summary.get(claim["DATASET"], [])}
+        better, than = rows.get(claim["BETTER"]), rows.get(claim["THAN"])
+        result = claim_verdict(better.ap_values if better else [], than.ap_values if than else [])
+        out.append({"claim": claim["CLAIM"], "better": claim["BETTER"], "than": claim["THAN"],
+                    "dataset": claim["DATASET"], "better_mean": better.ap_mean if better else float("nan"),
+                    "than_mean": than.ap_mean if than else float("nan"), **result})
+    return out
+
+
 def _filter(runs: list, datasets: Sequence[str]) -> list:
     if not datasets:
         return runs
@@ -547,6 +594,7 @@ def build_report(protocol: Protocol, specs: Sequence[RunSpec], *, command: str =
         "summary": _summary_json(summary),
         "roles": {role: _summary_json(s) for role, s in role_summaries.items()},
         "gap_closed": gap,
+        "claims": judge_claims(protocol, summary),
         "curves": {d: {c.method: {"iterations": c.iterations, "mean": c.mean, "std": c.std, "n": c.n,
                                   "values": {p: {str(i): v for i, v in pts.items()} for p, pts in c.values.items()}}
                        for c in rows} for d, rows in curves.items()},
@@ -600,6 +648,17 @@ def to_markdown(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if gap:
         lines += ["", "Gap closed = (entry − source only) / (oracle − source only), on the means."]
+    if report.get("claims"):
+        lines += ["", "## Claims", "", "Verdict: *holds* when the difference of the means exceeds twice its standard "
+                  "error (sample std over seeds), *does not hold* when it is below minus that, else *within the spread*.",
+                  "", "| claim | on | means | difference ± se | n | verdict |", "|---|---|---:|---:|---:|---|"]
+        for c in report["claims"]:
+            se = f" ± {c['se']:.1f}" if math.isfinite(c["se"]) else ""
+            diff = f"{c['difference']:+.1f}{se}" if math.isfinite(c["difference"]) else "–"
+            means = (f"{c['better_mean']:.1f} vs {c['than_mean']:.1f}"
+                     if math.isfinite(c["better_mean"]) and math.isfinite(c["than_mean"]) else "–")
+            lines.append(f"| {c['claim']} | {_dataset_label(c['dataset'])} | {means} | {diff} | "
+                         f"{c['n'][0]} vs {c['n'][1]} | **{c['verdict']}** |")
     lines += ["", "## Per class", "", compare.to_markdown(summary, show_n=True).rstrip()]
     for role, role_summary in report["_objects"]["roles"].items():
         lines += ["", f"## {role.capitalize()} model (domain-adaptation runs)", "",
