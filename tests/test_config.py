@@ -94,3 +94,10 @@ def test_every_key_is_read():
         if not (re.search(r"\." + leaf + r"\b", text) or f'"{key}"' in text):
             dead.append(key)
     assert dead == []
+
+
+def test_interpolate_formulation_refuses_lossmix_weights():
+    # interpolate weighs A's loss by lambda itself; lossmix's instance weights (lambda) would square it
+    with pytest.raises(ConfigError, match=r"with LOSSMIX.MODE = 'lossmix': interpolate applies lambda itself"):
+        build_config("", ["LOSSMIX.MODE", "lossmix", "LOSSMIX.FORMULATION", "interpolate"])
+    assert build_config("", ["LOSSMIX.MODE", "uniform", "LOSSMIX.FORMULATION", "interpolate"]).LOSSMIX.MODE == "uniform"

@@ -121,7 +121,7 @@ _C.LOSSMIX.MIN_VISIBLE = 0.1  # patch methods: instances whose visible fraction 
 _C.LOSSMIX.BG_WEIGHT = 1.0  # loss weight of background anchors / proposals
 _C.LOSSMIX.SALIENCY = "fine_grained"  # saliencymix's map: fine_grained (Montabone-Soto, as the SaliencyMix paper) | spectral_residual; both find a bright object's peak at the 64-px working size (tests/test_mixing.py)
 _C.LOSSMIX.PASTE = "stretch"  # cutmix / saliencymix: partner brought to the base's size by stretch (unequal x / y factors) | keep_aspect (one factor, cover then centre-crop)
-_C.LOSSMIX.FORMULATION = "instance"  # instance (per-instance weights) | interpolate (lambda*L(x,A) + (1-lambda)*L(x,B))
+_C.LOSSMIX.FORMULATION = "instance"  # instance (per-instance weights) | interpolate (lambda*L(x,A) + (1-lambda)*L(x,B); needs MODE uniform)
 
 # ---------------------------------------------------------------------------- solver
 _C.SOLVER = CfgNode()

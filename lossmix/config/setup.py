@@ -135,6 +135,10 @@ def validate(cfg: CfgNode) -> None:
         raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {cfg.INPUT.MIN_SIZE_TRAIN}; allowed: positive sizes")
     if any(s < 0 for s in cfg.SOLVER.STEPS) or list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
         raise ConfigError(f"SOLVER.STEPS = {cfg.SOLVER.STEPS}; allowed: increasing non-negative iterations")
+    if cfg.LOSSMIX.FORMULATION == "interpolate" and cfg.LOSSMIX.MODE == "lossmix":
+        raise ConfigError("LOSSMIX.FORMULATION = 'interpolate' with LOSSMIX.MODE = 'lossmix': interpolate applies "
+                          "lambda itself (lambda L(x, A) + (1 - lambda) L(x, B)), and lossmix's instance weights would "
+                          "apply it a second time; allowed: MODE uniform with interpolate (the exact interpolation)")
     extra = [d for d in cfg.TEST.EVAL_PERIOD_DATASETS if d not in cfg.DATASETS.TEST]
     if extra:
         raise ConfigError(f"TEST.EVAL_PERIOD_DATASETS = {list(cfg.TEST.EVAL_PERIOD_DATASETS)}: {extra} not in "
