@@ -334,3 +334,12 @@ def test_claims_are_judged_in_the_report(tmp_path):
     assert "| LossMix > none | synthetic_source_test | 33.0 vs 30.0 | +3.0 ± 0.8 | 3 vs 3 | **holds** |" in bm.to_markdown(report)
     with pytest.raises(bm.ProtocolError, match=r"CLAIMS\[0\].THAN = 'nope' is not an entry NAME"):
         bm.load_protocol(_protocol(tmp_path, text.replace("THAN: none", "THAN: nope")))
+
+
+def test_init_from_runs_pool_over_their_per_seed_weights(tmp_path):
+    proto = bm.load_protocol(_protocol(tmp_path, CHAIN, name="adaptation"))
+    out = str(tmp_path / "out")
+    for spec in bm.plan(proto, out):
+        _fake_run(spec, {"synthetic_source_test": 30.0 + spec.seed + (5 if spec.entry == "at" else 0)})
+    report = bm.build_report(proto, bm.plan(proto, out))
+    assert report["summary"]["synthetic_source_test"]["at"]["values"] == [35.0, 36.0]

@@ -59,8 +59,8 @@ def test_out_of_range_values_rejected(key, value, match):
 def test_every_shipped_config_loads():
     found = []
     for root, _, files in os.walk(os.path.join(REPO, "configs")):
-        if os.path.relpath(root, os.path.join(REPO, "configs")).split(os.sep)[0] == "benchmark":
-            continue  # benchmark protocols, not detector configs: tests/test_benchmark.py loads them
+        if os.path.relpath(root, os.path.join(REPO, "configs")).split(os.sep)[0] in ("benchmark", "d2"):
+            continue  # benchmark protocols (tests/test_benchmark.py) and detectron2-format configs (tests/test_d2.py)
         for f in files:
             if f.endswith(".yaml"):
                 build_config(os.path.join(root, f))
@@ -185,3 +185,10 @@ def test_names_are_checked_by_their_registries():
         get_recipe(cfg.RECIPE)
     setup_source = open(os.path.join(REPO, "lossmix", "config", "setup.py")).read()
     assert "modeling" not in setup_source
+
+
+def test_interpolate_formulation_refuses_lossmix_weights():
+    # interpolate weighs A's loss by lambda itself; lossmix's instance weights (lambda) would square it
+    with pytest.raises(ConfigError, match=r"with LOSSMIX.MODE = 'lossmix': interpolate applies lambda itself"):
+        build_config("", ["LOSSMIX.MODE", "lossmix", "LOSSMIX.FORMULATION", "interpolate"])
+    assert build_config("", ["LOSSMIX.MODE", "uniform", "LOSSMIX.FORMULATION", "interpolate"]).LOSSMIX.MODE == "uniform"

@@ -49,9 +49,21 @@ def test_voc_ap_hand_worked_curve():
     assert voc_ap(recall, precision, use_07_metric=True) == pytest.approx(6.2 / 11, abs=1e-12)
 
 
-def test_voc_ap_07_counts_a_recall_exactly_on_a_level():
-    # recall 3/10 reaches t = 0, .1, .2, .3 -> 4/11 (np.arange(0, 1.1, .1) has 0.30000000000000004 and would say 3/11)
-    assert voc_ap(np.array([3 / 10]), np.array([1.0]), use_07_metric=True) == pytest.approx(4 / 11, abs=1e-12)
+def test_voc_ap_07_recall_levels_detectron2_default_and_exact_option():
+    # Issue 11 item 11. Recall exactly 3/10 at precision 1:
+    #   exact levels k/10: t = 0, .1, .2, .3 reached -> 4/11
+    #   default np.arange(0, 1.1, .1) (detectron2, py-faster-rcnn): its third level is 0.30000000000000004 > 0.3,
+    #   so only t = 0, .1, .2 are reached -> 3/11
+    recall, precision = np.array([3 / 10]), np.array([1.0])
+    assert voc_ap(recall, precision, use_07_metric=True) == pytest.approx(3 / 11, abs=1e-12)
+    assert voc_ap(recall, precision, use_07_metric=True, exact_recall_levels=True) == pytest.approx(4 / 11, abs=1e-12)
+    # recall 0.6 (6 of 10 found, all first): exact 7/11, arange 6/11; away from those levels both agree
+    recall = np.arange(1, 7) / 10
+    precision = np.ones(6)
+    assert voc_ap(recall, precision, True) == pytest.approx(6 / 11, abs=1e-12)
+    assert voc_ap(recall, precision, True, exact_recall_levels=True) == pytest.approx(7 / 11, abs=1e-12)
+    for exact in (False, True):
+        assert voc_ap(np.array([0.55]), np.array([1.0]), True, exact_recall_levels=exact) == pytest.approx(6 / 11)
 
 
 def test_voc_ap_empty_and_perfect():
@@ -182,9 +194,11 @@ def test_evaluator_gathers_ranks(monkeypatch):
 # ---------------------------------------------------------------- cross-check with a slow loop
 
 
-def _reference_ap(dets, gts, use_07_metric, thresh=0.5):
+def _reference_ap(dets, gts, use_07_metric, thresh=0.5, exact=False):
     """Devkit rules as a plain loop; AP in exact fractions from its own formulation:
-    area = sum over TPs of (1 / npos) * best precision at or after that TP; 11-point from the definition."""
+    area = sum over TPs of (1 / npos) * best precision at or after that TP; 11-point from the definition, at the
+    levels k / 10 (``exact``) or, as detectron2 does, float recalls against np.arange(0, 1.1, 0.1)."""
+    levels = [Fraction(k, 10) for k in range(11)] if exact else list(np.arange(0, 1.1, 0.1))
     npos = sum(not d for boxes in gts.values() for _, d in boxes)
     taken = set()
     tp = fp = 0
@@ -216,8 +230,8 @@ def _reference_ap(dets, gts, use_07_metric, thresh=0.5):
         points.append((Fraction(tp, npos), Fraction(tp, tp + fp) if tp + fp else Fraction(0), is_tp))
     if use_07_metric:
         ap = Fraction(0)
-        for k in range(11):
-            reached = [p for r, p, _ in points if r >= Fraction(k, 10)]
+        for level in levels:
+            reached = [p for r, p, _ in points if (r if exact else r.numerator / r.denominator) >= level]
             ap += (max(reached) if reached else 0) / Fraction(11)
     else:
         ap = sum(Fraction(1, npos) * max(p for _, p, _ in points[i:]) for i, (_, _, t) in enumerate(points) if t)
@@ -257,21 +271,22 @@ def _random_problem(rng, num_images=30):
     return dataset, outputs, per_class_dets, per_class_gts
 
 
-@pytest.mark.parametrize("use_07_metric", [False, True])
-def test_matches_slow_reference_on_random_data(use_07_metric):
+@pytest.mark.parametrize("use_07_metric, exact", [(False, False), (True, False), (True, True)])
+def test_matches_slow_reference_on_random_data(use_07_metric, exact):
     rng = np.random.default_rng(0)
     for _ in range(3):
         dataset, outputs, per_class_dets, per_class_gts = _random_problem(rng)
-        evaluator = VOCDetectionEvaluator(dataset, CLASSES, use_07_metric=use_07_metric)
+        evaluator = VOCDetectionEvaluator(dataset, CLASSES, use_07_metric=use_07_metric, exact_recall_levels=exact)
         for record, output in zip(dataset, outputs):
             evaluator.process([record], [output])
         result = evaluator.evaluate()
         for c, name in enumerate(CLASSES):
             dets, gts = per_class_dets.get(c, []), per_class_gts.get(c, {})
-            expected = _reference_ap(dets, gts, use_07_metric)
+            expected = _reference_ap(dets, gts, use_07_metric, exact=exact)
             assert result["per_class"][name] == pytest.approx(100 * expected, abs=1e-9), name
             arrays = {k: (np.array([b for b, _ in v]), np.array([d for _, d in v], bool)) for k, v in gts.items()}
-            assert evaluate_class(dets, arrays, use_07_metric=use_07_metric)["ap"] == pytest.approx(expected, abs=1e-12)
+            assert evaluate_class(dets, arrays, use_07_metric=use_07_metric,
+                                  exact_recall_levels=exact)["ap"] == pytest.approx(expected, abs=1e-12)
 
 
 # ---------------------------------------------------------------- COCOEvaluator

@@ -4,6 +4,7 @@
     python tools/check_dataset.py voc_2007_trainval               # a registered dataset
     python tools/check_dataset.py datasets/clipart --split train  # a VOC-format folder
     python tools/check_dataset.py my_voc --classes dog,cat,person # folder, own class list
+    python tools/check_dataset.py --config-file my.yaml           # DATASETS.* of a config (DATASETS.CUSTOM_VOC too)
 
 Exit status: 1 if any error-level problem was found, 2 for bad arguments, else 0.
 """
@@ -27,13 +28,34 @@ from lossmix.data.voc import VOC_CLASSES  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("datasets", nargs="+", metavar="NAME_OR_FOLDER",
-                        help="registered dataset names or VOC-format folders")
-    parser.add_argument("--classes", help="comma-separated class list for folders (default: the 20 VOC classes)")
-    parser.add_argument("--split", help="for folders: check ImageSets/Main/SPLIT.txt (default: every annotation)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=type(
+        "HelpFormatter", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}))
+    parser.add_argument("datasets", nargs="*", metavar="NAME_OR_FOLDER",
+                        help="registered dataset names or VOC-format folders (with --config-file: default its "
+                             "DATASETS.TRAIN, TRAIN_UNLABELED and TEST)")
+    parser.add_argument("--classes", default=None,
+                        help="comma-separated class list for folders (None: the 20 VOC classes)")
+    parser.add_argument("--split", default=None,
+                        help="for folders: check ImageSets/Main/SPLIT.txt (None: every annotation)")
     parser.add_argument("--no-images", action="store_true", help="skip decoding the images")
-    return parser.parse_args(argv)
+    parser.add_argument("--config-file", "--config", dest="config_file", default=None, metavar="FILE",
+                        help="a training config: its DATASETS.CUSTOM_VOC folders are registered as training does")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="config overrides for --config-file, e.g. DATASETS.CUSTOM_VOC \"('pets_train:/data/pets:train',)\"")
+    args = parser.parse_args(argv)
+    if not args.datasets and not args.config_file and not args.opts:
+        parser.error("name a dataset or folder, or give --config-file")
+    return args
+
+
+def config_datasets(config_file, opts) -> list[str]:
+    """Register a config's DATASETS.CUSTOM_VOC (as training does) and return its dataset names."""
+    from lossmix.config.setup import build_config
+    from lossmix.data.builtin import register_custom
+
+    cfg = build_config(config_file or "", opts)
+    register_custom(cfg)
+    return list(dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TRAIN_UNLABELED, *cfg.DATASETS.TEST]))
 
 
 def _register_builtin() -> None:
@@ -72,7 +94,15 @@ def main(argv=None) -> int:
         print(f"--classes: need distinct class names, got {classes}", file=sys.stderr)
         return 2
     problems: list[Problem] = []
-    for target in args.datasets:
+    targets = list(args.datasets)
+    if args.config_file or args.opts:
+        try:
+            names = config_datasets(args.config_file, args.opts)
+        except (KeyError, ValueError, FileNotFoundError) as err:
+            print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+            return 2
+        targets = targets or names
+    for target in targets:
         try:
             found = check_target(target, classes, args.split, not args.no_images)
         except KeyError as err:

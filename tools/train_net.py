@@ -17,14 +17,29 @@ except ImportError:  # run from a checkout without installing
 from lossmix.engine.launch import launch
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """-h shows each option's default and keeps the description's line breaks."""
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", "--config", dest="config_file", default="", metavar="FILE")
-    p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS on DATASETS.TEST")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
-    p.add_argument("--num-gpus", type=int, default=1, help="processes to launch (gloo on CPU)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
-    return p.parse_args(argv)
+    from lossmix.config.setup import split_options
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--config-file", "--config", dest="config_file", default=None, metavar="FILE",
+                   help="YAML config; a bare name such as faster_rcnn_r50_lossmix.yaml is looked up under configs/")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate MODEL.WEIGHTS on DATASETS.TEST; writes under OUTPUT_DIR/eval_only/<weights name>/")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in OUTPUT_DIR that loads (a damaged one is renamed "
+                        "*.damaged); stops if none loads but OUTPUT_DIR holds a run")
+    p.add_argument("--allow-fresh", action="store_true",
+                   help="with --resume: start from iteration 0 when no checkpoint loads, instead of stopping")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes to launch (NCCL on GPUs, gloo on CPU)")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of configuration and data errors (always written to log.txt)")
+    p.add_argument("opts", nargs=argparse.REMAINDER,
+                   help="KEY VALUE config overrides, e.g. SOLVER.MAX_ITER 1000 (options may follow them)")
+    return split_options(p, argv)
 
 
 def main(args):
@@ -32,9 +47,12 @@ def main(args):
     from lossmix.engine.run import run
     from lossmix.evaluation import format_table
     from lossmix.utils import comm
+    from lossmix.utils.logger import report_user_errors
 
-    cfg = setup(args.config_file, args.opts)
-    results = run(cfg, resume=args.resume, eval_only=args.eval_only)["results"]  # {dataset: {role: result}}
+    with report_user_errors(debug=args.debug):
+        cfg = setup(args.config_file, args.opts, eval_only=args.eval_only)
+        results = run(cfg, resume=args.resume, allow_fresh=args.allow_fresh,
+                      eval_only=args.eval_only)["results"]  # {dataset: {role: result}}
     if comm.is_main_process():
         for name, per_role in results.items():
             for role, r in per_role.items():
@@ -44,4 +62,9 @@ def main(args):
 
 if __name__ == "__main__":
     args = parse_args()
-    launch(main, args.num_gpus, args=(args,))
+    try:
+        launch(main, args.num_gpus, args=(args,))
+    except Exception as err:  # a spawned process that exited on a user error has printed its one line
+        if getattr(err, "exit_code", None) == 2:
+            sys.exit(2)
+        raise

@@ -6,8 +6,39 @@ overrides with ``KEY VALUE`` pairs. An unknown key is an error that names the ke
 from fvcore.common.config import CfgNode as _FvCfgNode
 
 
+def coerce_numbers(value, default):
+    """``value`` with ints turned into floats where ``default`` holds a float (also inside lists / tuples).
+
+    YAML and the command line read ``2`` as an int; yacs would reject it for a float key such as
+    ``LOSSMIX.ALPHA`` (a type mismatch that also hid the range check). Booleans are never converted.
+    """
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)) and len(default):
+        template = default[0]
+        return type(value)(coerce_numbers(v, template) for v in value)
+    return value
+
+
 class CfgNode(_FvCfgNode):
-    """fvcore's CfgNode (yacs + ``_BASE_`` inheritance); unknown keys raise ``KeyError`` naming the key."""
+    """fvcore's CfgNode (yacs + ``_BASE_`` inheritance); unknown keys raise ``KeyError`` naming the key.
+
+    Ints are accepted for float keys (see :func:`coerce_numbers`), from YAML files and overrides alike.
+    """
+
+    def merge_from_other_cfg(self, cfg_other):
+        _coerce_tree(cfg_other, self)
+        return super().merge_from_other_cfg(cfg_other)
+
+
+def _coerce_tree(other, defaults) -> None:
+    for key, value in list(other.items()):
+        if key not in defaults:
+            continue  # an unknown key: yacs names it
+        if isinstance(value, dict) and isinstance(defaults[key], dict):
+            _coerce_tree(value, defaults[key])
+        else:
+            other[key] = coerce_numbers(value, defaults[key])
 
 
 _C = CfgNode()
@@ -70,10 +101,13 @@ _C.DATASETS.TRAIN = ()  # registered names of the labelled training sets (concat
 _C.DATASETS.TEST = ()  # registered names evaluated by --eval-only and TEST.EVAL_PERIOD
 _C.DATASETS.TRAIN_USE_DIFFICULT = False  # keep VOC "difficult" boxes as training targets
 _C.DATASETS.TRAIN_UNLABELED = ()  # registered names of unlabelled target-domain sets (DA only); their boxes are never read
+_C.DATASETS.CUSTOM_VOC = ()  # your own VOC-format folders, registered at start-up: "NAME:FOLDER:SPLIT" entries (e.g. "pets_train:/data/pets:train")
+_C.DATASETS.CUSTOM_CLASSES = ()  # class names of every DATASETS.CUSTOM_VOC folder, in label order (e.g. ("cat", "dog"))
+_C.DATASETS.CUSTOM_METRIC = "voc_area"  # AP50 of the DATASETS.CUSTOM_VOC sets: voc_area (VOC2010+ area) | voc07 (11-point)
 
 _C.DATALOADER = CfgNode()
 _C.DATALOADER.NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
-_C.DATALOADER.ON_BAD_SAMPLE = "error"  # "error": stop naming the file; "skip": replace the sample and log it
+_C.DATALOADER.ON_BAD_SAMPLE = "error"  # training: "error" stops naming the file; "skip" leaves bad annotation files out at dataset build and replaces bad images, logging both to OUTPUT_DIR/bad_samples.jsonl
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False  # drop training images without boxes (kept by default: valid negatives)
 
 # ---------------------------------------------------------------------------- LossMix
@@ -88,7 +122,7 @@ _C.LOSSMIX.BG_WEIGHT = 1.0  # loss weight of background anchors / proposals
 _C.LOSSMIX.OFF_LAST_ITERS = 0  # mixing switched off for the last N training iterations (as GluonCV / YOLOX stop mixing for the last epochs); 0 = mix to the end
 _C.LOSSMIX.SALIENCY = "fine_grained"  # saliencymix's map: fine_grained (Montabone-Soto, as the SaliencyMix paper) | spectral_residual; both find a bright object's peak at the 64-px working size (tests/test_mixing.py)
 _C.LOSSMIX.PASTE = "stretch"  # cutmix / saliencymix: partner brought to the base's size by stretch (unequal x / y factors) | keep_aspect (one factor, cover then centre-crop)
-_C.LOSSMIX.FORMULATION = "instance"  # instance (per-instance weights) | interpolate (lambda*L(x,A) + (1-lambda)*L(x,B))
+_C.LOSSMIX.FORMULATION = "instance"  # instance (per-instance weights) | interpolate (lambda*L(x,A) + (1-lambda)*L(x,B); needs MODE uniform)
 
 # ---------------------------------------------------------------------------- solver
 _C.SOLVER = CfgNode()
@@ -111,6 +145,8 @@ _C.TEST = CfgNode()
 _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations during training; 0 = only at the end
 _C.TEST.EVAL_PERIOD_DATASETS = ()  # the DATASETS.TEST evaluated every EVAL_PERIOD (learning curves); () = all; the end evaluates all
 _C.TEST.METRIC = "auto"  # auto (from dataset metadata) | voc_area | voc07 | coco
+_C.TEST.VOC07_RECALL_LEVELS = "arange"  # voc07 11-point recall levels: arange (np.arange(0, 1.1, 0.1), as detectron2 / py-faster-rcnn) | exact (k / 10)
+_C.TEST.ON_BAD_SAMPLE = "error"  # evaluation: "error" stops naming the file; "skip" leaves bad annotation files out and scores a bad image as no detections (its boxes count as misses), logged to bad_samples.jsonl
 
 _C.RECIPE = "auto"  # training recipe registered in lossmix.engine.recipes (supervised, adaptive_teacher); auto = adaptive_teacher when DA.ENABLED, else supervised
 _C.OUTPUT_DIR = "./output"  # run folder: checkpoints, metrics.jsonl, eval/, config.yaml

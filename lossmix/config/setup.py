@@ -1,9 +1,16 @@
 """Build a config from YAML (with ``_BASE_``) and ``KEY VALUE`` overrides, and validate it."""
 from __future__ import annotations
 
+import difflib
+import glob
+import logging
 import os
 
-from .defaults import CfgNode, get_cfg
+from .defaults import CfgNode, coerce_numbers, get_cfg
+
+logger = logging.getLogger(__name__)
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 _CHOICES = {
     "LOSSMIX.MODE": ("none", "uniform", "noise", "lossmix"),
@@ -14,6 +21,9 @@ _CHOICES = {
     "DATALOADER.ON_BAD_SAMPLE": ("error", "skip"),
     "MODEL.DEVICE": ("auto", "cpu", "cuda"),
     "TEST.METRIC": ("auto", "voc_area", "voc07", "coco"),
+    "TEST.VOC07_RECALL_LEVELS": ("arange", "exact"),
+    "TEST.ON_BAD_SAMPLE": ("error", "skip"),
+    "DATASETS.CUSTOM_METRIC": ("voc_area", "voc07"),
 }
 _PROBABILITIES = ("LOSSMIX.PROB", "INPUT.RANDOM_FLIP", "LOSSMIX.MIN_VISIBLE", "MODEL.RPN.POSITIVE_FRACTION",
                   "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.IOU_THRESHOLD",
@@ -40,18 +50,60 @@ def merge_from_list(cfg: CfgNode, opts: list) -> None:
     """``KEY VALUE`` overrides; an unknown key raises ``KeyError`` naming it."""
     if len(opts) % 2:
         raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-    for key in opts[0::2]:
+    decoded = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if isinstance(key, str) and key.startswith("--"):
+            raise ConfigError(f"{key!r} among the KEY VALUE overrides is not a config key (an unknown option?)")
         try:
-            _get(cfg, key)
+            default = _get(cfg, key)
         except KeyError:
             raise KeyError(f"unknown config key {key!r} (from the command line)") from None
-    cfg.merge_from_list(list(opts))
+        decoded += [key, coerce_numbers(CfgNode._decode_cfg_value(value), default)]
+    cfg.merge_from_list(decoded)
+
+
+def resolve_config_path(path: str, configs_dir: str = CONFIGS_DIR) -> str:
+    """``path`` if it is a file; else the one file under ``configs_dir`` (searched recursively) that it names.
+
+    ``faster_rcnn_r50_lossmix.yaml`` -> ``configs/faster_rcnn_r50_lossmix.yaml``; ``voc2clipart/x.yaml`` and
+    names without ``.yaml`` work too. No match: ``FileNotFoundError`` with the closest names
+    ("did you mean configs/..."); several matches: ``FileNotFoundError`` listing them.
+    """
+    if os.path.isfile(path):
+        return path
+    available = sorted(os.path.relpath(p, configs_dir)
+                       for p in glob.glob(os.path.join(glob.escape(configs_dir), "**", "*.yaml"), recursive=True))
+    wanted = path if path.endswith((".yaml", ".yml")) else path + ".yaml"
+    wanted = wanted.replace("\\", "/")
+    if wanted.startswith("configs/"):
+        wanted = wanted[len("configs/"):]
+    matches = [rel for rel in available if rel == wanted or rel.endswith("/" + wanted)]
+    shown = os.path.relpath(configs_dir)
+    if shown.startswith(".."):  # run from elsewhere: the absolute folder reads better than ../../..
+        shown = configs_dir
+    if len(matches) == 1:
+        resolved = os.path.join(configs_dir, matches[0])
+        logger.info("config %s -> %s", path, resolved)
+        return resolved
+    if len(matches) > 1:
+        raise FileNotFoundError(f"config file not found: {path}; it could be any of "
+                                + ", ".join(os.path.join(shown, m) for m in matches))
+    by_name = {}
+    for rel in available:
+        by_name.setdefault(os.path.basename(rel), []).append(rel)
+    close = [rel for name in difflib.get_close_matches(os.path.basename(wanted), list(by_name), n=3, cutoff=0.6)
+             for rel in by_name[name]][:3]
+    hint = ("; did you mean " + " or ".join(os.path.join(shown, c) for c in close) + "?") if close else \
+        f"; the configs shipped are under {shown}/"
+    raise FileNotFoundError(f"config file not found: {path}{hint}")
 
 
 def merge_from_file(cfg: CfgNode, path: str) -> None:
-    """Merge a YAML file, following ``_BASE_`` (relative to the file); unknown keys raise ``KeyError``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+    """Merge a YAML file, following ``_BASE_`` (relative to the file); unknown keys raise ``KeyError``.
+
+    A path that is not a file is looked up under ``configs/`` (:func:`resolve_config_path`).
+    """
+    path = resolve_config_path(path)
     try:
         cfg.merge_from_file(path)
     except (KeyError, AssertionError) as err:  # yacs asserts on unknown keys
@@ -83,6 +135,10 @@ def validate(cfg: CfgNode) -> None:
         raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {cfg.INPUT.MIN_SIZE_TRAIN}; allowed: positive sizes")
     if any(s < 0 for s in cfg.SOLVER.STEPS) or list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
         raise ConfigError(f"SOLVER.STEPS = {cfg.SOLVER.STEPS}; allowed: increasing non-negative iterations")
+    if cfg.LOSSMIX.FORMULATION == "interpolate" and cfg.LOSSMIX.MODE == "lossmix":
+        raise ConfigError("LOSSMIX.FORMULATION = 'interpolate' with LOSSMIX.MODE = 'lossmix': interpolate applies "
+                          "lambda itself (lambda L(x, A) + (1 - lambda) L(x, B)), and lossmix's instance weights would "
+                          "apply it a second time; allowed: MODE uniform with interpolate (the exact interpolation)")
     extra = [d for d in cfg.TEST.EVAL_PERIOD_DATASETS if d not in cfg.DATASETS.TEST]
     if extra:
         raise ConfigError(f"TEST.EVAL_PERIOD_DATASETS = {list(cfg.TEST.EVAL_PERIOD_DATASETS)}: {extra} not in "
@@ -114,3 +170,44 @@ def build_config(config_file: str = "", opts: list | None = None, *, extra=()) -
     validate(cfg)
     cfg.freeze()
     return cfg
+
+
+def for_eval_only(cfg: CfgNode) -> CfgNode:
+    """``cfg`` with ``OUTPUT_DIR`` moved to ``<OUTPUT_DIR>/eval_only/<weights file stem>``.
+
+    ``--eval-only`` writes its config.yaml, log and eval/*.json there, so a training run's records in
+    ``OUTPUT_DIR`` (which ``tools/compare.py`` reads) are never overwritten.
+    """
+    cfg = cfg.clone()
+    cfg.defrost()
+    stem = os.path.splitext(os.path.basename(cfg.MODEL.WEIGHTS))[0] or "no_weights"
+    cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "eval_only", stem) if cfg.OUTPUT_DIR else ""
+    cfg.freeze()
+    return cfg
+
+
+def split_options(parser, argv=None):
+    """``parser.parse_args`` where options written after the ``KEY VALUE`` overrides still count as options.
+
+    ``parser`` must end with ``opts`` (``nargs=argparse.REMAINDER``), which swallows everything after the first
+    override: ``... SOLVER.MAX_ITER 10 --resume`` would make ``--resume`` an override key. Tokens at key
+    positions that are the parser's own options are taken out (with their values) and parsed as options.
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    known = {s: a for a in parser._actions for s in a.option_strings}
+    prefix = argv[:len(argv) - len(args.opts)]
+    opts, options, rest, i = list(args.opts), [], [], 0
+    while i < len(opts):
+        token = opts[i]
+        name = token.split("=", 1)[0]
+        if len(rest) % 2 == 0 and name in known:  # at a KEY position: an option, not an override
+            takes = 0 if known[name].nargs == 0 or "=" in token else 1
+            options.extend(opts[i:i + 1 + takes])
+            i += 1 + takes
+            continue
+        rest.append(token)
+        i += 1
+    return parser.parse_args(prefix + options + rest) if options else args

@@ -30,13 +30,13 @@ def datasets_root() -> str:
 
 
 def _checked(name: str, folder: str, loader):
-    def load():
+    def load(**kwargs):
         if not os.path.isdir(folder):
             raise FileNotFoundError(
                 f"dataset {name!r} expects the VOC-format folder {folder!r} (Annotations/, JPEGImages/, "
                 f"ImageSets/Main/); set LOSSMIX_DATASETS or see datasets/README.md for where to get it"
             )
-        return loader()
+        return loader(**kwargs)
 
     return load
 
@@ -64,3 +64,49 @@ def register_all(root: str | None = None) -> None:
 
 if "voc_2007_trainval" not in DatasetCatalog:
     register_all()
+
+
+def parse_custom_voc(entry: str) -> tuple[str, str, str]:
+    """``"NAME:FOLDER:SPLIT"`` -> ``(name, folder, split)``; the folder may contain colons."""
+    from ..config.setup import ConfigError
+
+    name, sep, rest = entry.partition(":")
+    folder, sep2, split = rest.rpartition(":")
+    if not (sep and sep2 and name and folder and split):
+        raise ConfigError(f"DATASETS.CUSTOM_VOC entry {entry!r}; allowed: NAME:FOLDER:SPLIT "
+                          "(e.g. pets_train:/data/pets:train, reading /data/pets/ImageSets/Main/train.txt)")
+    return name.strip(), folder.strip(), split.strip()
+
+
+def register_custom(cfg) -> list[str]:
+    """Register ``DATASETS.CUSTOM_VOC`` (VOC-format folders) with ``DATASETS.CUSTOM_CLASSES`` and
+    ``DATASETS.CUSTOM_METRIC``; returns the names. Training, ``--eval-only`` and ``tools/check_dataset.py``
+    all register them through here, so they read the same definition. Re-registering a name with a different
+    definition replaces an earlier custom one; a builtin name is refused."""
+    from ..config.setup import ConfigError
+    from .catalog import MetadataCatalog
+
+    entries = list(cfg.DATASETS.CUSTOM_VOC)
+    if not entries:
+        return []
+    classes = tuple(cfg.DATASETS.CUSTOM_CLASSES)
+    if not classes or len(set(classes)) != len(classes):
+        raise ConfigError(f"DATASETS.CUSTOM_CLASSES = {classes}; DATASETS.CUSTOM_VOC needs the folders' class names, "
+                          "distinct, in label order (e.g. DATASETS.CUSTOM_CLASSES \"('cat', 'dog')\")")
+    names = []
+    for entry in entries:
+        name, folder, split = parse_custom_voc(entry)
+        definition = {"dirname": os.fspath(folder), "split": split, "thing_classes": list(classes),
+                      "use_07_metric": cfg.DATASETS.CUSTOM_METRIC == "voc07"}
+        if name in DatasetCatalog:
+            meta = MetadataCatalog.get(name)
+            if not meta.get("custom"):
+                raise ConfigError(f"DATASETS.CUSTOM_VOC: {name!r} is already a builtin dataset; choose another name")
+            if all(meta.get(k) == v for k, v in definition.items()):
+                names.append(name)
+                continue
+            DatasetCatalog.remove(name)
+        _register(name, folder, split, classes, use_07_metric=definition["use_07_metric"])
+        MetadataCatalog.get(name).set(custom=True)
+        names.append(name)
+    return names

@@ -12,6 +12,7 @@ and evaluates, exactly the images it trained on.
 """
 from __future__ import annotations
 
+import inspect
 import re
 import types
 from typing import Callable, Optional
@@ -27,6 +28,14 @@ def split_subset(name: str) -> tuple[str, Optional[int]]:
     return match["base"], int(match["count"])
 
 
+def _accepts_on_bad(func) -> bool:
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "on_bad" or p.kind is p.VAR_KEYWORD for p in params)
+
+
 class _DatasetCatalog(dict):
     """Registry of dataset loaders. ``register(name, func)``; ``get(name)`` calls ``func()``."""
 
@@ -37,12 +46,16 @@ class _DatasetCatalog(dict):
             raise KeyError(f"dataset {name!r} is already registered")
         self[name] = func
 
-    def get(self, name: str) -> list:  # type: ignore[override]
+    def get(self, name: str, *, on_bad: str = "error", problems: list | None = None) -> list:  # type: ignore[override]
+        """The dataset dicts of ``name`` (or of ``name[:N]``, its first N). ``on_bad="skip"`` is passed to
+        loaders that take an ``on_bad`` keyword (the VOC reader: bad annotation files are left out, each
+        appended to ``problems`` as ``{"file", "kind", "problem"}``); other loaders are called without arguments."""
         base, count = (name, None) if name in self else split_subset(name)
         if base not in self:
             known = ", ".join(sorted(self)) or "none"
             raise KeyError(f"dataset {name!r} is not registered; registered: {known}")
-        dicts = self[base]()
+        func = self[base]
+        dicts = func(on_bad=on_bad, problems=problems) if on_bad != "error" and _accepts_on_bad(func) else func()
         if not isinstance(dicts, list):
             raise TypeError(f"dataset {base!r}: loader returned {type(dicts).__name__}, expected a list of dicts")
         if count is not None:
@@ -84,3 +97,22 @@ class _MetadataCatalog(dict):
 
 DatasetCatalog = _DatasetCatalog()
 MetadataCatalog = _MetadataCatalog()
+
+
+def check_num_classes(num_classes: int, dataset_names) -> None:
+    """``MODEL.ROI_HEADS.NUM_CLASSES`` against each registered dataset's ``thing_classes`` (when it has them).
+
+    Raises ``ConfigError`` naming both numbers and the dataset: too many classes would train unchecked and fail
+    at evaluation, too few fail deep in torch ("Target 3 is out of bounds", a device assert on CUDA).
+    """
+    from ..config.setup import ConfigError
+
+    for name in dict.fromkeys(dataset_names):
+        if name not in DatasetCatalog and split_subset(name)[0] not in DatasetCatalog:
+            continue  # DatasetCatalog.get names it when the data is loaded
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != num_classes:
+            shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+            raise ConfigError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES = {num_classes} but dataset {name!r} has {len(classes)} classes "
+                f"({shown}); set MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}")

@@ -1,4 +1,5 @@
 """The one error type for bad input data: it always names the file and the problem."""
+from __future__ import annotations
 
 
 class BadSampleError(ValueError):
@@ -8,7 +9,11 @@ class BadSampleError(ValueError):
     machine-readable tag (e.g. ``"corrupt_image"``, ``"unknown_class"``) used in reports.
     """
 
-    def __init__(self, path, problem: str, kind: str = "bad_sample"):
+    def __init__(self, path, problem: str | None = None, kind: str = "bad_sample"):
+        if problem is None:  # one argument: torch re-raising a DataLoader worker's error with its message
+            self.path, self.problem, self.kind = "", str(path), kind
+            super().__init__(str(path))
+            return
         self.path = str(path)
         self.problem = problem
         self.kind = kind

@@ -8,6 +8,7 @@ describe the stored pixels, and the XML ``<size>`` is checked against them by ``
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
 
@@ -16,7 +17,9 @@ import numpy as np
 
 from .errors import BadSampleError
 
-__all__ = ["read_image", "image_size"]
+__all__ = ["read_image", "image_size", "jpeg_end"]
+
+logger = logging.getLogger(__name__)
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
@@ -47,16 +50,57 @@ def _tail_without_padding(data: np.ndarray) -> bytes:
     return data[max(0, nonzero[-1] + 1 - 16) : nonzero[-1] + 1].tobytes() if nonzero.size else b""
 
 
+def jpeg_end(data: np.ndarray) -> int | None:
+    """Offset just past the EOI marker (FFD9) that ends the JPEG stream of ``data``, or None when the stream is
+    cut short. Walks the marker segments (so an EXIF thumbnail's own FFD9 is skipped by its segment's length)
+    and, after each start of scan, the entropy-coded data to the next marker (FF followed by a byte other than
+    00, FF or a restart marker D0-D7)."""
+    n = int(data.size)
+    ff = np.flatnonzero(data[:-1] == 0xFF)
+    follow = data[ff + 1]
+    markers = ff[(follow != 0x00) & (follow != 0xFF) & ((follow < 0xD0) | (follow > 0xD7))]
+    pos = 2
+    while pos + 2 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = int(data[pos + 1])
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return pos + 2
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # segments without a length
+            pos += 2
+            continue
+        if pos + 4 > n:
+            return None
+        end = pos + 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next marker
+            i = int(np.searchsorted(markers, end))
+            if i == len(markers):
+                return None
+            pos = int(markers[i])
+        else:
+            pos = end
+    return None
+
+
 def _check_complete(path, data: np.ndarray) -> None:
     """Reject truncated JPEG / PNG files, which OpenCV may decode partially with only a warning.
 
-    Strict by design: a JPEG with non-zero bytes after its EOI marker is reported as truncated too.
+    A JPEG is complete when its stream reaches the EOI marker (:func:`jpeg_end`); bytes after it, such as a
+    phone's "motion photo" video trailer, are ignored (logged at debug level). A PNG must end with IEND
+    (zero padding after it is allowed).
     """
     head = data[:8].tobytes()
     if head.startswith(_JPEG_MAGIC):
-        if not _tail_without_padding(data).endswith(_JPEG_EOI):
-            raise BadSampleError(path, "truncated JPEG: the file does not end with the EOI marker (FFD9)",
+        end = jpeg_end(data)
+        if end is None:
+            raise BadSampleError(path, "truncated JPEG: the image data stops before the end marker (FFD9)",
                                  kind="corrupt_image")
+        if end < data.size and data[end:].any():
+            logger.debug("%s: %d bytes after the JPEG end marker ignored (e.g. a motion-photo trailer)",
+                         path, data.size - end)
     elif head == _PNG_MAGIC:
         if not _tail_without_padding(data).endswith(_PNG_IEND):
             raise BadSampleError(path, "truncated PNG: the file does not end with an IEND chunk", kind="corrupt_image")

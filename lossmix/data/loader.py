@@ -31,11 +31,26 @@ logger = logging.getLogger(__name__)
 MAX_REPLACEMENTS = 100  # consecutive bad samples tolerated under ON_BAD_SAMPLE skip before giving up
 
 
-def get_dataset_dicts(names, *, filter_empty: bool = False) -> list[dict]:
-    """Concatenate registered datasets; ``filter_empty`` drops images without annotations."""
+def get_dataset_dicts(names, *, filter_empty: bool = False, on_bad: str = "error",
+                      bad_log: Optional["BadSampleLog"] = None, stage: str = "train") -> list[dict]:
+    """Concatenate registered datasets; ``filter_empty`` drops images without annotations.
+
+    ``on_bad="skip"``: annotation files that do not parse (malformed / hostile XML, unknown class, bad box...)
+    are left out when the dataset is built, each logged with its file and kind and recorded in ``bad_log``
+    (main process) with ``stage`` and the dataset name.
+    """
     if isinstance(names, str):
         names = [names]
-    dicts = [d for name in names for d in DatasetCatalog.get(name)]
+    dicts = []
+    for name in names:
+        problems: list = []
+        dicts.extend(DatasetCatalog.get(name, on_bad=on_bad, problems=problems))
+        if problems:
+            logger.warning("dataset %s: %d bad annotation file(s) left out (DATALOADER/TEST.ON_BAD_SAMPLE skip)",
+                           name, len(problems))
+            if bad_log is not None and comm.is_main_process():
+                for record in problems:
+                    bad_log.write(record, stage=stage, dataset=name)
     if filter_empty:
         dicts = [d for d in dicts if d.get("annotations")]
     if not dicts:
@@ -50,16 +65,27 @@ class BadSampleLog:
         self.path = path
 
     def record(self, err: BadSampleError, **context) -> None:
-        logger.warning("skipping bad sample: %s", err)
+        logger.warning("skipping bad sample: %s [%s]", err, err.kind)
+        self.write(err.as_record(), **context)
+
+    def write(self, record: dict, **context) -> None:
         if self.path:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({**err.as_record(), **context}) + "\n")
+                f.write(json.dumps({**record, **context}) + "\n")
+
+    def rows(self) -> list[dict]:
+        if not self.path or not os.path.exists(self.path):
+            return []
+        with open(self.path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
 
     def count(self) -> int:
-        if not self.path or not os.path.exists(self.path):
-            return 0
-        with open(self.path, encoding="utf-8") as f:
-            return sum(1 for _ in f)
+        """Distinct bad files logged (a bad image met on several iterations counts once)."""
+        return len({row.get("file") for row in self.rows()})
+
+    def count_events(self) -> int:
+        """Rows logged: each time a bad file was skipped."""
+        return len(self.rows())
 
 
 class TrainPositions(Sampler):
@@ -172,7 +198,8 @@ def infinite_loader(cfg, dataset: Dataset, collate_fn, *, local_batch: int, star
 def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, dataset_names=None,
                        start_iter: int = 0, local_batch: Optional[int] = None) -> DataLoader:
     """An infinite loader of lists of model inputs for this rank."""
-    dicts = get_dataset_dicts(dataset_names or cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    dicts = get_dataset_dicts(dataset_names or cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                              on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_sample_log(cfg))
     mapper = mapper or LossMixDatasetMapper.from_config(cfg, is_train=True)
     local_batch = local_batch or local_batch_size(cfg)
     dataset = TrainDataset(dicts, mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE,
@@ -181,26 +208,42 @@ def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, da
 
 
 class TestDataset(Dataset):
-    def __init__(self, dicts, mapper):
+    """Test images as model inputs. ``on_bad="skip"``: an image that cannot be read is logged and yields None
+    (the evaluator then has no detections for it, so its boxes count as misses)."""
+
+    def __init__(self, dicts, mapper, *, on_bad: str = "error", bad_log: Optional[BadSampleLog] = None):
         self.dicts, self.mapper = dicts, mapper
+        self.on_bad, self.bad_log = on_bad, bad_log or BadSampleLog(None)
 
     def __len__(self):
         return len(self.dicts)
 
     def __getitem__(self, i):
-        sample = self.mapper.load(self.dicts[i], np.random.default_rng(0))
+        try:
+            sample = self.mapper.load(self.dicts[i], np.random.default_rng(0))
+        except BadSampleError as err:
+            if self.on_bad != "skip":
+                raise
+            self.bad_log.record(err, stage="test")
+            return None
         return to_model_input(sample)
 
 
+def eval_dataset_dicts(cfg, dataset_name: str) -> list[dict]:
+    """A test set's dicts under ``TEST.ON_BAD_SAMPLE`` (``skip`` leaves bad annotation files out, logged)."""
+    return get_dataset_dicts(dataset_name, on_bad=cfg.TEST.ON_BAD_SAMPLE, bad_log=bad_sample_log(cfg), stage="test")
+
+
 def build_test_loader(cfg, dataset_name: str, *, mapper: Optional[LossMixDatasetMapper] = None,
-                      dicts: Optional[list[dict]] = None) -> DataLoader:
-    """Loader over this rank's contiguous share of a test set (batch 1, no augmentation); ``dicts``:
-    the dataset's dicts when already read (else read from the catalog)."""
-    dicts = DatasetCatalog.get(dataset_name) if dicts is None else dicts
+                      dicts: Optional[list] = None) -> DataLoader:
+    """Loader over this rank's contiguous share of a test set (batch 1, no augmentation); ``dicts`` defaults to
+    :func:`eval_dataset_dicts`."""
+    dicts = eval_dataset_dicts(cfg, dataset_name) if dicts is None else dicts
     rank, world = comm.get_rank(), comm.get_world_size()
     share = (len(dicts) + world - 1) // world
     mine = dicts[rank * share:(rank + 1) * share]
     mapper = mapper or LossMixDatasetMapper.from_config(cfg, is_train=False)
     workers = cfg.DATALOADER.NUM_WORKERS
-    return DataLoader(TestDataset(mine, mapper), batch_size=1, shuffle=False, num_workers=workers,
+    dataset = TestDataset(mine, mapper, on_bad=cfg.TEST.ON_BAD_SAMPLE, bad_log=bad_sample_log(cfg))
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers,
                       collate_fn=_as_list, worker_init_fn=_worker_init if workers else None)

@@ -131,14 +131,25 @@ def _image_size(xml_path: str, root: ET.Element) -> tuple[int, int]:
     return dims[0], dims[1]
 
 
-def _image_file(xml_path: str, root: ET.Element, image_id: str) -> str:
+def _image_file(xml_path: str, root: ET.Element, image_id: str, image_dir: str) -> str:
+    """The image's file name under ``image_dir`` (JPEGImages/).
+
+    ``<id>.jpg`` when it exists, whatever ``<filename>`` says (detectron2's rule: tools such as LabelImg leave a
+    stale ``<filename>`` after files are renamed); otherwise ``<filename>`` (e.g. a PNG dataset) when it is a plain
+    file name; otherwise ``<id>.jpg`` (reported missing when the image is read).
+    """
+    by_id = image_id + ".jpg"
     filename = _text(root, "filename")
-    if filename is None:
-        return image_id + ".jpg"
+    if filename is None or filename == by_id or os.path.isfile(os.path.join(image_dir, by_id)):
+        if filename is not None and filename != by_id:
+            logger.debug("%s: <filename> %r ignored; using %s", xml_path, filename, by_id)
+        return by_id
     # The name is joined under JPEGImages/: refuse anything that could point elsewhere.
     if os.path.basename(filename) != filename or "\\" in filename or filename in (".", ".."):
         raise BadSampleError(xml_path, f"<filename> must be a plain file name, got {filename!r}",
                              kind="invalid_filename")
+    if not os.path.isfile(os.path.join(image_dir, filename)):
+        return by_id
     return filename
 
 
@@ -175,9 +186,11 @@ def _object(xml_path, obj, index, width, height, class_to_id, class_names) -> di
         annotation["bbox"] = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
         annotation["clipped"] = True
     annotation["difficult"] = _flag(xml_path, obj, "difficult", where) or 0  # absent tag: not difficult
-    truncated = _flag(xml_path, obj, "truncated", where)
-    if truncated is not None:
-        annotation["truncated"] = truncated
+    truncated = _text(obj, "truncated")  # never read by training: an odd value is kept out, not an error
+    if truncated in ("0", "1"):
+        annotation["truncated"] = int(truncated)
+    elif truncated is not None:
+        logger.debug("%s: %s: <truncated> %r is not 0 or 1; ignored", xml_path, where, truncated)
     return annotation
 
 
@@ -190,7 +203,8 @@ def _parse(xml_path, class_to_id, class_names, dirname=None, object_errors: list
     if dirname is None:
         dirname = os.path.dirname(os.path.dirname(xml_path))  # <dirname>/Annotations/<id>.xml
     image_id = os.path.splitext(os.path.basename(xml_path))[0]
-    file_name = os.path.join(os.fspath(dirname), "JPEGImages", _image_file(xml_path, root, image_id))
+    image_dir = os.path.join(os.fspath(dirname), "JPEGImages")
+    file_name = os.path.join(image_dir, _image_file(xml_path, root, image_id, image_dir))
     height, width = _image_size(xml_path, root)
     annotations = []
     for index, obj in enumerate(root.iterfind("object")):
@@ -207,11 +221,11 @@ def _parse(xml_path, class_to_id, class_names, dirname=None, object_errors: list
 def parse_voc_xml(xml_path, class_names: Sequence[str], *, dirname=None) -> dict:
     """Read one VOC annotation file into a dataset dict.
 
-    Returns ``{"file_name": <dirname>/JPEGImages/<xml filename or <id>.jpg>, "height", "width" (from
+    Returns ``{"file_name": <dirname>/JPEGImages/<id>.jpg (or the XML's <filename> when only that exists), "height", "width" (from
     <size>), "image_id": <xml file stem>, "annotations": [...]}`` where each annotation is
     ``{"bbox": [x1, y1, x2, y2] (float, continuous pixels), "bbox_mode": BoxMode.XYXY_ABS,
     "category_id": class_names.index(name), "difficult": 0 | 1 (0 when the tag is absent),
-    "truncated": 0 | 1 (only if present), "clipped": True (only for a box clipped to the image)}``.
+    "truncated": 0 | 1 (only if present and 0 or 1; other values are ignored), "clipped": True (only for a box clipped to the image)}``.
     An image without objects gets an empty list (a valid negative). ``dirname`` defaults to the
     folder above ``Annotations/``. Raises :class:`BadSampleError` (see the module docstring).
     """
@@ -288,7 +302,11 @@ def register_voc(name: str, dirname, split: str, class_names: Sequence[str], *, 
         if unknown:
             raise ValueError(f"dataset {name!r}: eval_classes {unknown} are not in class_names {list(class_names)}")
     dirname = os.fspath(dirname)
-    DatasetCatalog.register(name, lambda: load_voc_instances(dirname, split, class_names))
+
+    def load(on_bad: str = "error", problems: list | None = None) -> list[dict]:
+        return load_voc_instances(dirname, split, class_names, on_bad=on_bad, problems=problems)
+
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
         thing_classes=list(class_names), dirname=dirname, split=split, year=year,
         evaluator_type=evaluator_type, eval_classes=eval_classes, use_07_metric=use_07_metric,

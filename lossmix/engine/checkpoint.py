@@ -16,6 +16,42 @@ from ..utils import comm
 logger = logging.getLogger(__name__)
 
 _PERIODIC = re.compile(r"model_(\d{7})\.pth$")
+DAMAGED_SUFFIX = ".damaged"  # a checkpoint that does not load is renamed <name>.pth.damaged, never deleted
+RUN_RECORDS = ("metrics.jsonl", "last_checkpoint")  # with any *.pth: an OUTPUT_DIR that holds a run
+
+
+class UnreadableFileError(ValueError):
+    """A checkpoint or weights file that ``torch.load`` cannot read; the message names the file and why."""
+
+
+class ResumeError(RuntimeError):
+    """``--resume`` found no checkpoint to continue from in a folder that holds a run."""
+
+
+def torch_load(path: str, what: str = "file"):
+    """``torch.load(path, weights_only=True)`` on CPU; any failure becomes one :class:`UnreadableFileError` line
+    naming ``what`` and ``path`` and saying what is wrong (truncated archive, not a PyTorch file, pickled objects)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path!r} does not exist") from None
+    except OSError as err:
+        raise UnreadableFileError(f"{what} {path!r}: cannot read it ({err.strerror or err})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... depending on the damage
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not head:
+            why = "the file is empty (0 bytes)"
+        elif "weights only load failed" in first.lower():
+            why = ("holds Python objects besides tensors (e.g. a whole pickled model), which are not loaded "
+                   "from untrusted files; save model.state_dict() with torch.save instead")
+        elif head.startswith(b"PK"):
+            why = f"truncated or corrupt PyTorch archive ({type(err).__name__}: {first[:100]})"
+        else:
+            why = f"not a PyTorch file written by torch.save (it starts with {head!r}; {type(err).__name__})"
+        raise UnreadableFileError(f"{what} {path!r}: {why}") from None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -96,13 +132,68 @@ class Checkpointer:
         for old in periodic[: max(len(periodic) - self.keep, 0)]:
             os.remove(old)
 
-    def last_checkpoint(self) -> str | None:
+    def pointed_checkpoint(self) -> str | None:
+        """The path ``last_checkpoint`` names (whether or not it exists), or None without a pointer."""
         pointer = os.path.join(self.folder, "last_checkpoint")
         if not os.path.exists(pointer):
             return None
         with open(pointer) as f:
-            path = os.path.join(self.folder, f.read().strip())
-        return path if os.path.exists(path) else None
+            return os.path.join(self.folder, f.read().strip())
+
+    def last_checkpoint(self) -> str | None:
+        path = self.pointed_checkpoint()
+        return path if path and os.path.exists(path) else None
+
+    def candidates(self) -> list[str]:
+        """Checkpoints to resume from, newest first: the one ``last_checkpoint`` names, then every other
+        ``*.pth`` of the folder by modification time (periodic, final, interrupted)."""
+        pointed = self.last_checkpoint()
+        others = [p for p in glob.glob(os.path.join(glob.escape(self.folder), "*.pth"))
+                  if not os.path.basename(p).startswith(".tmp_") and p != pointed]
+        others.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)
+        return ([pointed] if pointed else []) + others
+
+    def holds_run(self) -> bool:
+        """True when the folder holds a run's records (metrics, a checkpoint pointer or any checkpoint)."""
+        if not self.folder or not os.path.isdir(self.folder):
+            return False
+        return any(os.path.exists(os.path.join(self.folder, name)) for name in RUN_RECORDS) or bool(
+            glob.glob(os.path.join(glob.escape(self.folder), "*.pth*")))
+
+    def resume(self, *, allow_fresh: bool = False) -> int:
+        """Load the newest checkpoint that loads and return its iteration (0 when starting fresh).
+
+        A checkpoint that does not load is named in a warning and moved aside to ``<name>.pth.damaged``
+        (main process; never deleted), and the next older one is tried. ``last_checkpoint`` naming a file
+        that is gone is warned about too. With nothing loadable in a folder that holds a run,
+        :class:`ResumeError` unless ``allow_fresh`` (then training starts at iteration 0, with a warning).
+        """
+        from ..utils import comm
+
+        pointed = self.pointed_checkpoint()
+        if pointed and not os.path.exists(pointed):
+            logger.warning("last_checkpoint names %s, which does not exist; trying the other checkpoints", pointed)
+        for path in self.candidates():
+            try:
+                iteration = int(self.load(path)["iteration"])
+            except (UnreadableFileError, FileNotFoundError) as err:  # the file itself is damaged (or gone)
+                logger.warning("checkpoint %s does not load (%s); moving it aside and trying an older one",
+                               path, str(err).splitlines()[0])
+                if comm.is_main_process() and os.path.exists(path):
+                    os.replace(path, path + DAMAGED_SUFFIX)
+                    logger.warning("moved %s to %s", path, path + DAMAGED_SUFFIX)
+                continue
+            logger.info("resumed from %s at iteration %d", path, iteration)
+            return iteration
+        if self.holds_run() and not allow_fresh:
+            found = sorted(os.listdir(self.folder))
+            raise ResumeError(
+                f"--resume: no loadable checkpoint in {self.folder} (it holds {', '.join(found[:8])}"
+                f"{', ...' if len(found) > 8 else ''}); refusing to start over in a run folder. Point OUTPUT_DIR "
+                f"elsewhere, or add --allow-fresh to start from iteration 0 here")
+        if self.holds_run():
+            logger.warning("--resume: no loadable checkpoint in %s; starting from iteration 0", self.folder)
+        return 0
 
     def load(self, path: str, *, restore_rng: bool = True) -> dict:
         """Restore every registered module (and this rank's RNGs); returns the remaining entries (iteration, ...).
@@ -111,7 +202,9 @@ class Checkpointer:
         process; otherwise rank 0 restores ``rng`` and other ranks keep their ``SEED + rank`` streams
         (with a warning): one rank's state on every rank would make them draw alike.
         """
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch_load(path, "checkpoint")
+        if not isinstance(data, dict) or "iteration" not in data:
+            raise UnreadableFileError(f"checkpoint {path!r}: not a lossmix checkpoint (no 'iteration' entry)")
         for key, module in self.modules.items():
             if module is None:
                 continue

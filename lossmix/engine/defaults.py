@@ -1,22 +1,24 @@
-"""``setup``: the config (file + overrides), the output folder with the merged ``config.yaml``, logging."""
+"""``setup``: the config (file + overrides), the output folder with the merged ``config.yaml``, logging, custom datasets."""
 from __future__ import annotations
 
-import logging
 import os
 
-from ..config.setup import build_config
+from ..config.setup import build_config, for_eval_only
+from ..data.builtin import register_custom
 from ..utils import comm
+from ..utils.logger import setup_logging
 
 
-def setup(config_file: str = "", opts=None):
-    """Config from file + overrides, the output folder (with the merged config.yaml) and logging."""
-    from ..data import builtin  # noqa: F401  (registers the standard dataset names)
-
+def setup(config_file: str = "", opts=None, *, eval_only: bool = False):
+    """Config from file + overrides, the output folder (with the merged config.yaml), logging (console and
+    OUTPUT_DIR/log.txt) and the DATASETS.CUSTOM_VOC folders. ``eval_only``: OUTPUT_DIR/eval_only/<weights>."""
     cfg = build_config(config_file, opts)
+    if eval_only:
+        cfg = for_eval_only(cfg)
+    register_custom(cfg)
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
-    logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s r{comm.get_rank()}] %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging(cfg.OUTPUT_DIR)
     return cfg

@@ -1,17 +1,16 @@
-"""Evaluation: run detectors over test loaders, feed evaluators (built from dataset metadata), write ``eval/<name>.json``."""
+"""Run a detector over a test loader and feed an evaluator; build evaluators from dataset metadata."""
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Optional
+import time
 
 import torch
 
-from ..data.catalog import DatasetCatalog, MetadataCatalog
-from ..data.loader import build_test_loader
+from ..data.catalog import MetadataCatalog
+from ..data.loader import eval_dataset_dicts
 from ..evaluation import COCOEvaluator, VOCDetectionEvaluator
-from ..utils import comm
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +50,9 @@ def predict(model, batch: list[dict], device) -> list[dict]:
     return results
 
 
-def build_evaluator(cfg, dataset_name: str, dicts: Optional[list[dict]] = None):
+def build_evaluator(cfg, dataset_name: str, *, dicts=None):
     """VOC (area or 11-point, with the dataset's class subset) or COCO, from metadata or ``TEST.METRIC``.
-
-    ``dicts``: the dataset's dicts when already read (else read from the catalog)."""
+    ``dicts``: the evaluated split (default: loaded under ``TEST.ON_BAD_SAMPLE``)."""
     meta = MetadataCatalog.get(dataset_name)
     metric = cfg.TEST.METRIC
     if metric == "auto":
@@ -62,27 +60,59 @@ def build_evaluator(cfg, dataset_name: str, dicts: Optional[list[dict]] = None):
             metric = "coco"
         else:
             metric = "voc07" if meta.get("use_07_metric", False) else "voc_area"
-    dicts = DatasetCatalog.get(dataset_name) if dicts is None else dicts
+    dicts = eval_dataset_dicts(cfg, dataset_name) if dicts is None else dicts
     classes = meta.get("thing_classes")
     if metric == "coco":
         return COCOEvaluator(dicts, classes)
-    return VOCDetectionEvaluator(dicts, classes, use_07_metric=metric == "voc07", class_subset=meta.get("eval_classes"))
+    return VOCDetectionEvaluator(dicts, classes, use_07_metric=metric == "voc07", class_subset=meta.get("eval_classes"),
+                                 exact_recall_levels=cfg.TEST.VOC07_RECALL_LEVELS == "exact")
 
 
-def inference_on_dataset(model, loader, evaluator, device, *, progress: bool = False) -> dict:
+def inference_on_dataset(model, loader, evaluator, device, *, progress=None, desc: str = "eval") -> dict:
+    """Predict every batch of ``loader`` and feed ``evaluator``; returns ``evaluator.evaluate()``.
+
+    ``progress``: a tqdm bar (None: on the main process only). Images a skipping test loader could not read
+    arrive as None and get no detections.
+    """
+    from ..utils import comm
+
     evaluator.reset()
     iterator = loader
+    if progress is None:
+        progress = comm.is_main_process()
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+        iterator = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for batch in iterator:
-        evaluator.process(batch, predict(model, batch, device))
+        batch = [b for b in batch if b is not None]
+        if batch:
+            evaluator.process(batch, predict(model, batch, device))
     return evaluator.evaluate()
+
+
+def evaluate_dataset(cfg, model, dataset_name: str, device, *, role: str = "", dicts=None) -> dict:
+    """Evaluate ``model`` on one registered test set, with a progress bar and a log line before and after.
+    ``dicts``: the split when already read (default: :func:`eval_dataset_dicts`)."""
+    from ..data.loader import build_test_loader
+
+    dicts = eval_dataset_dicts(cfg, dataset_name) if dicts is None else dicts
+    label = f"{dataset_name} ({role})" if role else dataset_name
+    logger.info("evaluating %s: %d images", label, len(dicts))
+    start = time.perf_counter()
+    result = inference_on_dataset(model, build_test_loader(cfg, dataset_name, dicts=dicts),
+                                  build_evaluator(cfg, dataset_name, dicts=dicts), device, desc=f"eval {label}")
+    if result:
+        score = result.get("AP50", result.get("AP"))
+        logger.info("%s: AP50 %s%% (%s) in %.1f s", label, f"{score:.2f}" if isinstance(score, float) else score,
+                    result.get("metric", "coco"), time.perf_counter() - start)
+    return result
 
 
 def write_eval(output_dir: str, dataset_name: str, result) -> None:
     """``output_dir/eval/<dataset_name>.json`` (main process only)."""
+    from ..utils import comm
+
     if comm.is_main_process() and output_dir:
         os.makedirs(os.path.join(output_dir, "eval"), exist_ok=True)
         with open(os.path.join(output_dir, "eval", f"{dataset_name}.json"), "w") as f:
@@ -94,15 +124,15 @@ def evaluate(cfg, models: dict, device, dataset_names=None) -> dict:
 
     Returns ``{dataset: {role: result}}`` (a None model gives a None result), the one result shape
     of :func:`lossmix.engine.run.run`, and writes each ``{role: result}`` to
-    ``OUTPUT_DIR/eval/<dataset>.json``. Each dataset is read from the catalog once per call.
+    ``OUTPUT_DIR/eval/<dataset>.json``. Each dataset is read once per call, for every role.
     """
+    from ..utils import comm
+
     results = {}
     for name in dataset_names or cfg.DATASETS.TEST:
-        dicts = DatasetCatalog.get(name)
-        per_role = {}
-        for role, model in models.items():
-            per_role[role] = None if model is None else inference_on_dataset(
-                model, build_test_loader(cfg, name, dicts=dicts), build_evaluator(cfg, name, dicts), device)
+        dicts = eval_dataset_dicts(cfg, name)
+        per_role = {role: None if model is None else evaluate_dataset(
+            cfg, model, name, device, role="" if role == "model" else role, dicts=dicts) for role, model in models.items()}
         write_eval(cfg.OUTPUT_DIR, name, per_role)
         if comm.is_main_process():
             results[name] = per_role

@@ -10,8 +10,9 @@ import os
 
 import torch
 
+from ..data.catalog import check_num_classes
 from ..data.loader import bad_sample_log
-from ..modeling.build import build_detector
+from ..modeling.build import build_detector, require_weights
 from ..utils import comm
 from .checkpoint import Checkpointer
 from .inference import evaluate
@@ -30,9 +31,14 @@ def ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=False)
 
 
-def run(cfg, *, resume: bool = False, eval_only: bool = False) -> dict:
-    """Train per ``cfg`` with the recipe it names (resuming from ``OUTPUT_DIR/last_checkpoint`` if asked),
-    then evaluate; with ``eval_only`` evaluate ``MODEL.WEIGHTS`` (role ``model``) without training."""
+def run(cfg, *, resume: bool = False, allow_fresh: bool = False, eval_only: bool = False) -> dict:
+    """Train per ``cfg`` with the recipe it names (with ``resume``, from the newest loadable checkpoint;
+    ``allow_fresh``: start at 0 when none loads), then evaluate; with ``eval_only`` evaluate
+    ``MODEL.WEIGHTS`` (role ``model``) without training."""
+    require_weights(cfg, eval_only=eval_only)
+    check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                      list(cfg.DATASETS.TEST) if eval_only else
+                      [*cfg.DATASETS.TRAIN, *(cfg.DATASETS.TRAIN_UNLABELED if cfg.DA.ENABLED else ()), *cfg.DATASETS.TEST])
     if cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     torch.manual_seed(cfg.SEED + comm.get_rank())
@@ -44,11 +50,7 @@ def run(cfg, *, resume: bool = False, eval_only: bool = False) -> dict:
     scheduler = build_scheduler(cfg, optimizer)
     checkpointer = Checkpointer(cfg.OUTPUT_DIR, keep=cfg.SOLVER.KEEP_CHECKPOINTS, **recipe.checkpoint_modules,
                                 optimizer=optimizer, scheduler=scheduler)
-    start_iter = 0
-    if resume and checkpointer.last_checkpoint():
-        path = checkpointer.last_checkpoint()
-        start_iter = checkpointer.load(path)["iteration"]
-        logger.info("resumed from %s at iteration %d", path, start_iter)
+    start_iter = checkpointer.resume(allow_fresh=allow_fresh) if resume else 0
     recipe.distribute(lambda module: ddp(module, device))
     trainer = Trainer.from_config(
         cfg, recipe=recipe, optimizer=optimizer, scheduler=scheduler,
@@ -59,8 +61,8 @@ def run(cfg, *, resume: bool = False, eval_only: bool = False) -> dict:
     summary = trainer.train()
     summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
     if summary["skipped_bad_samples"]:
-        logger.warning("%d bad samples were skipped; see %s/bad_samples.jsonl", summary["skipped_bad_samples"],
-                       cfg.OUTPUT_DIR)
+        logger.warning("%d bad file(s) were skipped (%d times); see %s/bad_samples.jsonl", summary["skipped_bad_samples"],
+                       bad_sample_log(cfg).count_events(), cfg.OUTPUT_DIR)
     results = evaluate(cfg, recipe.eval_models(cfg.SOLVER.MAX_ITER), device)
     return {"summary": summary, "results": results}
 

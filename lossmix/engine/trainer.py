@@ -34,15 +34,47 @@ def resolve_device(name: str) -> torch.device:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to ``OUTPUT_DIR/metrics.jsonl`` (main process only)."""
+    """Appends one JSON object per line to ``OUTPUT_DIR/metrics.jsonl`` (main process only).
 
-    def __init__(self, output_dir: str):
+    With ``start_iter`` (a run starting or resuming there), rows of a later iteration, left by a run that
+    went further than the checkpoint now resumed (or by an older run in the same folder), are moved to
+    ``metrics.dropped.jsonl`` first, so the iterations in ``metrics.jsonl`` never go backwards.
+    """
+
+    def __init__(self, output_dir: str, *, start_iter: Optional[int] = None):
         self.path = os.path.join(output_dir, "metrics.jsonl") if output_dir else None
+        if start_iter is not None and self.path and comm.is_main_process():
+            drop_rows_after(self.path, start_iter)
 
     def write(self, row: dict) -> None:
         if self.path and comm.is_main_process():
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def drop_rows_after(path: str, iteration: int) -> int:
+    """Move the rows of ``path`` (JSON lines) whose ``iteration`` is above ``iteration``, or that do not parse
+    (a line cut by a kill), to ``<stem>.dropped.jsonl`` beside it; returns how many were moved."""
+    if not os.path.exists(path):
+        return 0
+    keep, drop = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row_iter = json.loads(line).get("iteration", 0)
+            except (ValueError, AttributeError):
+                row_iter = None
+            (keep if row_iter is not None and row_iter <= iteration else drop).append(line if line.endswith("\n") else line + "\n")
+    if drop:
+        with open(os.path.splitext(path)[0] + ".dropped.jsonl", "a", encoding="utf-8") as f:
+            f.writelines(drop)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+        logger.warning("%s: moved %d row(s) after iteration %d to %s", path, len(drop), iteration,
+                       os.path.splitext(path)[0] + ".dropped.jsonl")
+    return len(drop)
 
 
 @contextlib.contextmanager
@@ -99,7 +131,7 @@ class Trainer:
         self.output_dir = output_dir
         self.log_period, self.checkpoint_period, self.eval_period = log_period, checkpoint_period, eval_period
         self.evaluate_fn = evaluate
-        self.metrics = MetricsWriter(output_dir)
+        self.metrics = MetricsWriter(output_dir, start_iter=start_iter)
         self.use_amp = bool(amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.clip_gradients, self.max_bad_steps = clip_gradients, max_bad_steps
@@ -161,7 +193,8 @@ class Trainer:
 
     def after_step(self, values: dict) -> None:
         it = self.iter + 1
-        if self.log_period and (it % self.log_period == 0 or it == self.max_iter):
+        if self.log_period and (it % self.log_period == 0 or it == self.max_iter):  # every rank gets here: the logged losses are the mean over ranks
+            values = comm.mean_over_ranks(values, self.device)
             self.metrics.write({"iteration": it, "lr": self.optimizer.param_groups[0]["lr"], **values})
         if self.checkpoint_period and it % self.checkpoint_period == 0 and it < self.max_iter:
             self.save(f"model_{it:07d}", it)

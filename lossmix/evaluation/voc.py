@@ -19,12 +19,15 @@ __all__ = ["voc_ap", "evaluate_class", "VOCDetectionEvaluator", "PredictionStore
 
 logger = logging.getLogger(__name__)
 
-# The 11 recall levels of the VOC2007 metric, as exact decimals k / 10. np.arange(0, 1.1, 0.1) (the Python ports)
-# gives 0.30000000000000004, 0.6000000000000001 and 0.7000000000000001, which would skip a recall of exactly 0.3.
-_VOC07_RECALL_LEVELS = np.arange(11) / 10.0
+# The 11 recall levels of the VOC2007 metric. Default: np.arange(0, 1.1, 0.1), as detectron2 and py-faster-rcnn
+# compute them, for numbers comparable with published ones; its 0.30000000000000004, 0.6000000000000001 and
+# 0.7000000000000001 make a recall of exactly 0.3 / 0.6 / 0.7 miss that level (up to ~6e-4 AP). The exact
+# decimals k / 10 (the devkit's intent) are an option (``exact_recall_levels``, TEST.VOC07_RECALL_LEVELS exact).
+VOC07_RECALL_LEVELS = np.arange(0.0, 1.1, 0.1)
+VOC07_EXACT_RECALL_LEVELS = np.arange(11) / 10.0
 
 
-def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool, *, exact_recall_levels: bool = False) -> float:
     """Average precision of one class from its PR curve, as the VOC devkit computes it.
 
     Args:
@@ -32,6 +35,8 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> fl
         use_07_metric: True for VOC2007's 11-point metric (mean over t in {0, 0.1, ..., 1} of the highest
             precision at recall >= t, 0 where no point reaches t); False for the VOC2010+ metric, the area under
             the curve after precision is made monotone (each point takes the highest precision at any higher recall).
+        exact_recall_levels: 11-point levels k / 10 exactly; by default they are detectron2's and py-faster-rcnn's
+            ``np.arange(0, 1.1, 0.1)``, where a recall of exactly 0.3, 0.6 or 0.7 does not reach its level.
 
     Returns:
         AP in [0, 1]; 0 for an empty curve.
@@ -42,7 +47,7 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> fl
         raise ValueError(f"recall has shape {recall.shape} but precision has shape {precision.shape}")
     if use_07_metric:
         ap = 0.0
-        for t in _VOC07_RECALL_LEVELS:
+        for t in VOC07_EXACT_RECALL_LEVELS if exact_recall_levels else VOC07_RECALL_LEVELS:
             reached = recall >= t
             ap += (precision[reached].max() if reached.any() else 0.0) / 11.0
         return float(ap)
@@ -72,6 +77,7 @@ def _evaluate_arrays(
     num_images: int,
     iou_thresh: float,
     use_07_metric: bool,
+    exact_recall_levels: bool = False,
 ) -> dict:
     """`evaluate_class` on arrays. Images are integers in [0, num_images); detections come in input order.
 
@@ -131,7 +137,7 @@ def _evaluate_arrays(
         # No positives: recall is undefined, and so is AP; the mean AP skips such classes.
         return {"ap": float("nan"), "recall": np.full(num_dets, np.nan), "precision": precision, "npos": 0}
     recall = tp_cum / npos
-    return {"ap": voc_ap(recall, precision, use_07_metric), "recall": recall, "precision": precision, "npos": npos}
+    return {"ap": voc_ap(recall, precision, use_07_metric, exact_recall_levels=exact_recall_levels), "recall": recall, "precision": precision, "npos": npos}
 
 
 def evaluate_class(
@@ -139,8 +145,9 @@ def evaluate_class(
     ground_truth: Mapping[Hashable, tuple[np.ndarray, np.ndarray]],
     iou_thresh: float = 0.5,
     use_07_metric: bool = False,
+    exact_recall_levels: bool = False,
 ) -> dict:
-    """AP of one class with the VOC devkit's rules.
+    """AP of one class with the VOC devkit's rules (``exact_recall_levels``: see :func:`voc_ap`).
 
     Detections are ranked by score (descending, ties in input order). Each is compared with the ground truth
     box of its image it overlaps most; if that IoU > ``iou_thresh``: a difficult gt makes the detection ignored
@@ -181,6 +188,7 @@ def evaluate_class(
         num_images=len(index),
         iou_thresh=iou_thresh,
         use_07_metric=use_07_metric,
+        exact_recall_levels=exact_recall_levels,
     )
 
 
@@ -272,6 +280,7 @@ class VOCDetectionEvaluator:
         use_07_metric: bool = False,
         class_subset: Sequence[str] | None = None,
         iou_thresh: float = 0.5,
+        exact_recall_levels: bool = False,
     ):
         """
         Args:
@@ -282,6 +291,8 @@ class VOCDetectionEvaluator:
             class_subset: names of the classes to evaluate (e.g. Watercolor's six); the mean is over these only and
                 detections of other classes are ignored. None: all classes.
             iou_thresh: a detection matches a gt when their IoU is strictly greater than this.
+            exact_recall_levels: 11-point levels k / 10 instead of detectron2's ``np.arange(0, 1.1, 0.1)``
+                (see :func:`voc_ap`).
         """
         self._class_names = list(class_names)
         if class_subset is None:
@@ -292,6 +303,7 @@ class VOCDetectionEvaluator:
                 raise ValueError(f"class_subset names {unknown} are not among class_names {self._class_names}")
             self._classes = [self._class_names.index(name) for name in class_subset]
         self._use_07_metric = use_07_metric
+        self._exact_recall_levels = exact_recall_levels
         self._iou_thresh = iou_thresh
         self._num_images = len(dataset_dicts)
         self._predictions = PredictionStore([d["image_id"] for d in dataset_dicts], len(self._class_names))
@@ -346,13 +358,15 @@ class VOCDetectionEvaluator:
                 det_image[det], det_scores[det], det_boxes[det],
                 self._gt_image[gt], self._gt_boxes[gt], self._gt_difficult[gt],
                 num_images=self._num_images, iou_thresh=self._iou_thresh, use_07_metric=self._use_07_metric,
+                exact_recall_levels=self._exact_recall_levels,
             )
             per_class[self._class_names[c]] = result["ap"] * 100.0
         defined = [ap for ap in per_class.values() if not np.isnan(ap)]
         return {
             "AP50": float(np.mean(defined)) if defined else float("nan"),
             "per_class": per_class,
-            "metric": "voc07_11point" if self._use_07_metric else "area",
+            "metric": ("voc07_11point_exact" if self._exact_recall_levels else "voc07_11point")
+            if self._use_07_metric else "area",
             "num_images": self._num_images,
         }
 
@@ -361,7 +375,7 @@ def format_table(result: Mapping) -> str:
     """Plain-text table of ``VOCDetectionEvaluator.evaluate()``'s result: one row per class, then the mean."""
     rows = list(result["per_class"].items()) + [("mAP", result["AP50"])]
     width = max(len("class"), *(len(name) for name, _ in rows))
-    header = f"{'class':<{width}}  AP50 ({result.get('metric', '?')})"
+    header = f"{'class':<{width}}  AP50 (%, {result.get('metric', '?')})"
     lines = [header, "-" * len(header)]
     for name, ap in rows:
         if name == "mAP":

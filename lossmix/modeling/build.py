@@ -191,6 +191,36 @@ def detector_kwargs(cfg) -> dict:
 def build_detector(cfg) -> FasterRCNN:
     """Faster R-CNN per ``cfg.MODEL`` (:func:`make_detector` with :func:`detector_kwargs`)."""
     return make_detector(**detector_kwargs(cfg))
+# torchvision classification models whose ImageNet weights fit each backbone (for the advice below)
+_IMAGENET_MODELS = {"R18-FPN": "resnet18", "R34-FPN": "resnet34", "R50-FPN": "resnet50", "R101-FPN": "resnet101",
+                    "MNV3-FPN": "mobilenet_v3_large"}
+
+
+def require_weights(cfg, *, eval_only: bool = False) -> None:
+    """Refuse a run that would use random weights where pretrained ones are needed, saying how to get them.
+
+    ``--eval-only`` without ``MODEL.WEIGHTS`` is an error (it would evaluate a random model). Training
+    without ``MODEL.WEIGHTS`` is an error when the backbone cannot learn from scratch: frozen BatchNorm
+    (``MODEL.BACKBONE.NORM FrozenBN``) or frozen stages (``TRAINABLE_LAYERS`` < 5).
+    """
+    from ..config.setup import ConfigError
+
+    if cfg.MODEL.WEIGHTS:
+        return
+    if eval_only:
+        raise ConfigError("--eval-only needs MODEL.WEIGHTS (a checkpoint such as OUTPUT_DIR/model_final.pth); "
+                          "without it a randomly initialised model would be evaluated")
+    backbone = cfg.MODEL.BACKBONE
+    if backbone.NORM != "FrozenBN" and backbone.TRAINABLE_LAYERS >= 5:
+        return
+    arch = _IMAGENET_MODELS.get(backbone.NAME, "resnet50")
+    raise ConfigError(
+        f"MODEL.WEIGHTS is empty but MODEL.BACKBONE.NORM = {backbone.NORM} and TRAINABLE_LAYERS = "
+        f"{backbone.TRAINABLE_LAYERS}: this {backbone.NAME} would train from random weights with frozen "
+        f"normalisation / stages. Give MODEL.WEIGHTS an ImageNet state dict saved on a machine with internet: "
+        f"python -c \"import torch, torchvision; torch.save(torchvision.models.{arch}(weights='IMAGENET1K_V1')"
+        f".state_dict(), '{arch}_imagenet.pth')\" then MODEL.WEIGHTS {arch}_imagenet.pth; or train from scratch with "
+        f"MODEL.BACKBONE.NORM BN MODEL.BACKBONE.TRAINABLE_LAYERS 5")
 
 
 def make_weighted(model: FasterRCNN, *, bg_weight: float = 1.0, formulation: str = "instance") -> FasterRCNN:
@@ -215,11 +245,23 @@ def load_weights(model: FasterRCNN, path: str) -> dict:
     """
     import os
 
+    from ..engine.checkpoint import UnreadableFileError, torch_load
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS: no such file {path!r} (weights are never downloaded; give a local path)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+    state = torch_load(path, "MODEL.WEIGHTS")
+    if not isinstance(state, dict):
+        raise UnreadableFileError(f"MODEL.WEIGHTS {path!r}: holds a {type(state).__name__}, expected a state dict "
+                                  "(a dict of tensors, e.g. torch.save(model.state_dict(), path)) or a lossmix checkpoint")
+    kind = None
+    if isinstance(state.get("model"), dict):
         state, kind = state["model"], "checkpoint"
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UnreadableFileError(f"MODEL.WEIGHTS {path!r}: not a state dict: entry {bad[0]!r} is a "
+                                  f"{type(state[bad[0]]).__name__}, expected a tensor")
+    if kind == "checkpoint":
+        pass
     elif any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state):
         kind = "detector"
     elif any(k.startswith(("conv1.", "layer1.", "features.")) for k in state):
@@ -227,7 +269,9 @@ def load_weights(model: FasterRCNN, path: str) -> dict:
         state = _strip(state, "features.") if any(k.startswith("features.") for k in state) else state
         state = {"backbone.body." + k: v for k, v in state.items() if not k.startswith("fc.")}
     else:
-        raise ValueError(f"MODEL.WEIGHTS {path!r}: not a lossmix checkpoint, torchvision detector or ImageNet backbone")
+        raise UnreadableFileError(f"MODEL.WEIGHTS {path!r}: a state dict with none of the expected keys (first: "
+                                  f"{list(state)[:3]}); expected a lossmix checkpoint, torchvision detector or "
+                                  "ImageNet backbone")
     own = model.state_dict()
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     state = {k: v for k, v in state.items() if k not in skipped}

@@ -12,21 +12,24 @@ from torch import Tensor
 BOX_BETA = 1.0 / 9  # smooth-L1 beta used by torchvision for both RPN and ROI box regression
 
 
-def weighted_objectness_loss(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
-    """Binary cross-entropy of sampled anchors, ``sum(w * bce) / num_sampled``.
+def weighted_objectness_loss(logits: Tensor, labels: Tensor, weights: Tensor, normaliser: int | None = None) -> Tensor:
+    """Binary cross-entropy of sampled anchors, ``sum(w * bce) / normaliser``.
 
-    logits, labels, weights: [S] (labels 0/1 float). Returns a scalar.
+    logits, labels, weights: [S] (labels 0/1 float). ``normaliser`` defaults to ``S``, the sampled
+    count (torchvision's divisor; detectron2 divides by ``batch_size_per_image * num_images``).
+    Returns a scalar.
     """
     per_anchor = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return (per_anchor * weights).sum() / max(logits.numel(), 1)
+    return (per_anchor * weights).sum() / max(logits.numel() if normaliser is None else normaliser, 1)
 
 
-def weighted_box_loss(pred: Tensor, target: Tensor, weights: Tensor, normaliser: int) -> Tensor:
-    """Smooth-L1 (beta 1/9) of foreground samples, ``sum(w * sl1) / normaliser``.
+def weighted_box_loss(pred: Tensor, target: Tensor, weights: Tensor, normaliser: int, beta: float = BOX_BETA) -> Tensor:
+    """Smooth-L1 of foreground samples, ``sum(w * sl1) / normaliser``.
 
-    pred, target: [P, 4]; weights: [P]; normaliser: the sampled count (torchvision's divisor).
+    pred, target: [P, 4]; weights: [P]; normaliser: the sampled count (torchvision's divisor);
+    beta: the smooth-L1 transition (torchvision's 1/9 by default; 0 is plain L1, detectron2's default).
     """
-    per_box = F.smooth_l1_loss(pred, target, beta=BOX_BETA, reduction="none").sum(dim=1)
+    per_box = F.smooth_l1_loss(pred, target, beta=beta, reduction="none").sum(dim=1)
     return (per_box * weights).sum() / max(normaliser, 1)
 
 

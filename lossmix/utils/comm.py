@@ -32,3 +32,20 @@ def all_gather(obj) -> list:
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def mean_over_ranks(values: dict, device=None) -> dict:
+    """Every process's float ``values`` averaged over the processes (all of them must call it, with the same
+    keys); the dict itself in a single process. For logging only: one all_reduce of a small tensor."""
+    if get_world_size() == 1:
+        return dict(values)
+    import torch
+
+    keys = sorted(values)
+    if device is None or (dist.get_backend() == "gloo" and torch.device(device).type != "cpu"):
+        device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = device if torch.device(device).type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+    packed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(packed)
+    return dict(zip(keys, (packed / get_world_size()).tolist()))
