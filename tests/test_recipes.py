@@ -53,7 +53,8 @@ def test_a_new_recipe_is_one_registered_class(tmp_path):
     cfg = build_config("", ["RECIPE", "test_quadratic", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
                             "SOLVER.MAX_ITER", "6", "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "0.2",
                             "SOLVER.WEIGHT_DECAY", "0.0", "SOLVER.MOMENTUM", "0.0", "LOG_PERIOD", "1",
-                            "SOLVER.CHECKPOINT_PERIOD", "0"])
+                            "SOLVER.CHECKPOINT_PERIOD", "0", "MODEL.BACKBONE.NORM", "BN",  # no weights check trips
+                            "MODEL.BACKBONE.TRAINABLE_LAYERS", "5"])
     result = run(cfg)
     assert result["summary"]["iterations"] == 6 and result["results"] == {}
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
