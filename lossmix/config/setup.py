@@ -10,6 +10,7 @@ from .defaults import CfgNode, coerce_numbers, get_cfg
 
 logger = logging.getLogger(__name__)
 
+NOT_LOSSMIX_CONFIGS = ("d2", "benchmark")  # detectron2-format configs and benchmark protocols: never a train_net config
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 _CHOICES = {
@@ -71,8 +72,9 @@ def resolve_config_path(path: str, configs_dir: str = CONFIGS_DIR) -> str:
     """
     if os.path.isfile(path):
         return path
-    available = sorted(os.path.relpath(p, configs_dir)
-                       for p in glob.glob(os.path.join(glob.escape(configs_dir), "**", "*.yaml"), recursive=True))
+    available = sorted(rel for rel in (os.path.relpath(p, configs_dir) for p in glob.glob(
+        os.path.join(glob.escape(configs_dir), "**", "*.yaml"), recursive=True))
+        if rel.split(os.sep)[0] not in NOT_LOSSMIX_CONFIGS)
     wanted = path if path.endswith((".yaml", ".yml")) else path + ".yaml"
     wanted = wanted.replace("\\", "/")
     if wanted.startswith("configs/"):
