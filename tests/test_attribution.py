@@ -252,3 +252,10 @@ def test_cli_writes_grids_and_table(tmp_path):
     (record,) = json.loads((tmp_path / "det" / "attribution.json").read_text())
     assert record["score"] == pytest.approx(record["reported_score"], abs=1e-5)  # pooled on the source proposal
     assert tool.main(args[:-2] + ["--methods", "nope"]) == 2
+
+
+def test_seed_folders_are_named_with_their_method():
+    # benchmark layouts (<protocol>/<entry>/seed<k>) would otherwise label every column "seed0"
+    tool = _load_tool()
+    assert tool.run_name("output/benchmark/supervised/lossmix/seed0/") == "lossmix/seed0"
+    assert tool.run_name("output/quickstart/synthetic_lossmix") == "synthetic_lossmix"

@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 try:
@@ -70,7 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_name(folder: str) -> str:
-    return os.path.basename(os.path.normpath(folder))
+    """The folder's name; ``<parent>/seed<k>`` for a seed folder (benchmark and compare layouts)."""
+    path = os.path.normpath(folder)
+    name = os.path.basename(path)
+    return f"{os.path.basename(os.path.dirname(path))}/{name}" if re.fullmatch(r"seed\d+", name) else name
 
 
 def pick_images(dicts: list[dict], num_images: int, need_boxes: bool) -> list[dict]:
