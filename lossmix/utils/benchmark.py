@@ -473,6 +473,12 @@ def machine_info() -> dict:
             "platform": platform.platform()}
 
 
+def _shown(path: str) -> str:
+    """A run folder as the report shows it: relative to the working directory when inside it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
+
+
 def _run_record(run: compare.Run, role_runs: dict) -> dict:
     summary = _summary_row(run.path) or {}
     attempts = []
@@ -480,7 +486,7 @@ def _run_record(run: compare.Run, role_runs: dict) -> dict:
     if os.path.isfile(bench_path):
         with open(bench_path, encoding="utf-8") as f:
             attempts = json.load(f).get("attempts", [])
-    record = {"path": run.path, "seed": run.config.get("SEED"), "train_seconds": summary.get("seconds"),
+    record = {"path": _shown(run.path), "seed": run.config.get("SEED"), "train_seconds": summary.get("seconds"),
               "iterations": summary.get("iterations"), "threads": sorted({a["threads"] for a in attempts}) or None,
               "wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1) if attempts else None,
               "results": {d: {"AP50": r["AP50"], "per_class": r.get("per_class", {}), "evaluated": run.evaluated[d]}
@@ -558,7 +564,7 @@ def _filter(runs: list, datasets: Sequence[str]) -> list:
 def build_report(protocol: Protocol, specs: Sequence[RunSpec], *, command: str = "") -> dict:
     """Everything the report shows, as one JSON-ready dict, from the complete runs in ``specs``."""
     complete = [s.output_dir for s in specs if s.state == "complete"]
-    missing = [s.output_dir for s in specs if s.state != "complete"]
+    missing = [_shown(s.output_dir) for s in specs if s.state != "complete"]
     if not complete:
         raise FileNotFoundError(f"no complete run of protocol {protocol.name!r} yet ({len(missing)} to train)")
     runs = _filter([compare.load_run(p, group_by="parent") for p in complete], protocol.datasets)
