@@ -527,16 +527,15 @@ def claim_verdict(better: Sequence[float], than: Sequence[float]) -> dict:
     two runs on either side there is no spread to judge by: ``not judged (n = 1)``. A rule of thumb, not
     a significance test: with 3 seeds a real effect of one standard error is often ``within the spread``.
     """
-    b, t = [v for v in better if math.isfinite(v)], [v for v in than if math.isfinite(v)]
-    if not b or not t:
-        return {"difference": float("nan"), "se": float("nan"), "verdict": "missing runs", "n": [len(b), len(t)]}
-    diff = sum(b) / len(b) - sum(t) / len(t)
-    if len(b) < 2 or len(t) < 2:
-        return {"difference": diff, "se": float("nan"), "verdict": "not judged (n = 1)", "n": [len(b), len(t)]}
-    (_, std_b, _), (_, std_t, _) = compare.mean_std(b), compare.mean_std(t)
-    se = math.sqrt(std_b ** 2 / len(b) + std_t ** 2 / len(t))
+    (mean_b, std_b, n_b), (mean_t, std_t, n_t) = compare.mean_std(better), compare.mean_std(than)
+    if not n_b or not n_t:
+        return {"difference": float("nan"), "se": float("nan"), "verdict": "missing runs", "n": [n_b, n_t]}
+    diff = mean_b - mean_t
+    if n_b < 2 or n_t < 2:
+        return {"difference": diff, "se": float("nan"), "verdict": "not judged (n = 1)", "n": [n_b, n_t]}
+    se = math.sqrt(std_b ** 2 / n_b + std_t ** 2 / n_t)
     verdict = "holds" if diff > 2 * se else "does not hold" if diff < -2 * se else "within the spread"
-    return {"difference": diff, "se": se, "verdict": verdict, "n": [len(b), len(t)]}
+    return {"difference": diff, "se": se, "verdict": verdict, "n": [n_b, n_t]}
 
 
 def judge_claims(protocol: Protocol, summary: dict) -> list[dict]:
