@@ -149,3 +149,40 @@ def test_periodic_evaluation_covers_only_eval_period_datasets(names, tmp_path):
         evals = [json.loads(line) for line in f if '"eval"' in line]
     assert [(r["iteration"], sorted(r["eval"])) for r in evals] == [(1, [subset])]
     assert sorted(os.listdir(os.path.join(tmp_path, "eval"))) == sorted(f"{d}.json" for d in cfg.DATASETS.TEST)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_periodic_evaluation_leaves_training_bit_identical(names, tmp_path, workers):
+    """Evaluating every 2 iterations (test loader, teacher-style eval mode, evaluator) must not move the random
+    streams or the module modes the training reads: the losses equal those of a run that never evaluates."""
+    common = {"SOLVER.MAX_ITER": 6, "DATALOADER.NUM_WORKERS": workers}
+    train(tiny_cfg(names, tmp_path / "never", **common, **{"TEST.EVAL_PERIOD": 0}))
+    train(tiny_cfg(names, tmp_path / "every2", **common, **{"TEST.EVAL_PERIOD": 2}))
+    never, every2 = _metrics(tmp_path / "never"), _metrics(tmp_path / "every2")
+    with open(os.path.join(tmp_path / "every2", "metrics.jsonl")) as f:
+        assert sum('"eval"' in line for line in f) == 2  # iterations 2 and 4 were evaluated
+    assert sorted(never) == list(range(1, 7))
+    for it in never:
+        assert every2[it]["total_loss"] == never[it]["total_loss"], it  # bit-identical, not approximately
+
+
+def test_evaluation_restores_each_submodule_mode_and_the_random_streams():
+    import random
+
+    import numpy as np
+
+    from lossmix.engine.inference import training_state_kept
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    model.train()
+    model[1].eval()  # a submodule deliberately kept in eval mode
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    expected = (torch.rand(2), np.random.rand(), random.random())
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    with training_state_kept([model]):
+        model.eval()
+        torch.rand(5), np.random.rand(4), random.random()
+        torch.utils.data.DataLoader([1, 2]).__iter__()  # draws its base seed from torch's global generator
+    assert model.training and model[0].training and not model[1].training
+    got = (torch.rand(2), np.random.rand(), random.random())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]

@@ -1,11 +1,15 @@
 """Run a detector over a test loader and feed an evaluator; build evaluators from dataset metadata."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import random
 import time
+from typing import Iterable
 
+import numpy as np
 import torch
 
 from ..data.catalog import MetadataCatalog
@@ -33,15 +37,40 @@ def rescale_detections(det: dict, input_hw, output_hw) -> dict:
     return {"boxes": boxes, "scores": det["scores"], "labels": det["labels"] - 1}  # back to 0-based classes
 
 
+@contextlib.contextmanager
+def modes_kept(modules: Iterable[torch.nn.Module]):
+    """Restore every submodule's own train / eval flag on exit (``model.train(was_training)`` would set
+    them all alike, waking a submodule that was deliberately left in eval mode)."""
+    flags = [(m, m.training) for module in modules if module is not None for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def training_state_kept(models: Iterable[torch.nn.Module]):
+    """Evaluation in the middle of training leaves the training untouched: on exit the random streams it reads
+    (torch's CPU and CUDA generators, which the RPN / ROI samplers draw from; numpy's and Python's global ones)
+    and every module's train / eval flag are as they were. (A test loader's iterator alone draws a seed from
+    torch's global generator, which shifted every later sampling draw.)"""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=devices), modes_kept(models):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
 @torch.no_grad()
 def predict(model, batch: list[dict], device) -> list[dict]:
     """Detections per input, in original image coordinates, 0-based labels (CPU tensors)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with modes_kept([model]):
+        model.eval()
         outputs = model(images_to_device(batch, device))
-    finally:
-        model.train(was_training)
     results = []
     for inp, det in zip(batch, outputs):
         det = {k: v.detach().cpu() for k, v in det.items()}
@@ -125,15 +154,18 @@ def evaluate(cfg, models: dict, device, dataset_names=None) -> dict:
     Returns ``{dataset: {role: result}}`` (a None model gives a None result), the one result shape
     of :func:`lossmix.engine.run.run`, and writes each ``{role: result}`` to
     ``OUTPUT_DIR/eval/<dataset>.json``. Each dataset is read once per call, for every role.
+    Training that continues after it is unchanged by it (:func:`training_state_kept`).
     """
     from ..utils import comm
 
     results = {}
-    for name in dataset_names or cfg.DATASETS.TEST:
-        dicts = eval_dataset_dicts(cfg, name)
-        per_role = {role: None if model is None else evaluate_dataset(
-            cfg, model, name, device, role="" if role == "model" else role, dicts=dicts) for role, model in models.items()}
-        write_eval(cfg.OUTPUT_DIR, name, per_role)
-        if comm.is_main_process():
-            results[name] = per_role
+    with training_state_kept(models.values()):
+        for name in dataset_names or cfg.DATASETS.TEST:
+            dicts = eval_dataset_dicts(cfg, name)
+            per_role = {role: None if model is None else evaluate_dataset(
+                cfg, model, name, device, role="" if role == "model" else role, dicts=dicts)
+                for role, model in models.items()}
+            write_eval(cfg.OUTPUT_DIR, name, per_role)
+            if comm.is_main_process():
+                results[name] = per_role
     return results
