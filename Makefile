@@ -24,7 +24,7 @@ bench: $(STAMP)
 	for b in bench/bench_*.py; do $(VPY) $$b || exit 1; done
 
 # make benchmark PROTOCOL=supervised [BENCHMARK_ARGS="--jobs 1"]: configs/benchmark/<PROTOCOL>.yaml -> docs/benchmark/
-# (writes the frozen synthetic data first; two 1-thread runs side by side by default: best on 2 cores)
+# (writes the frozen synthetic data first; two runs side by side sharing the cores by default: best on 2 cores)
 BENCHMARK_ARGS ?= --jobs 2
 benchmark: $(STAMP)
 	@test -n "$(PROTOCOL)" || { echo "usage: make benchmark PROTOCOL=<name of configs/benchmark/<name>.yaml>"; exit 2; }

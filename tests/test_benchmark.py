@@ -248,7 +248,7 @@ def test_tool_end_to_end(tmp_path):
                      f"  - {{NAME: uniform, CONFIG: {config}, OVERRIDES: [LOSSMIX.MODE, uniform]}}\n")
     env = dict(os.environ, LOSSMIX_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), str(proto), "--output-root",
-           str(tmp_path / "out"), "--report-dir", str(tmp_path / "docs"), "--jobs", "2"]
+           str(tmp_path / "out"), "--report-dir", str(tmp_path / "docs"), "--jobs", "2", "--threads", "1"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "2/2 runs done" in first.stdout and "ETA" in first.stdout

@@ -2,7 +2,7 @@
 """Run a benchmark protocol (configs x seeds) and write its report to docs/benchmark/.
 
     python tools/benchmark.py supervised                 # configs/benchmark/supervised.yaml
-    python tools/benchmark.py supervised --jobs 2        # two 1-thread runs side by side (best on 2 cores)
+    python tools/benchmark.py supervised --jobs 2        # two runs side by side, the cores shared (best on 2 cores)
     python tools/benchmark.py supervised --dry-run       # what would be trained, resumed or skipped
     python tools/benchmark.py supervised --report-only   # rebuild the report from the complete runs
     make benchmark PROTOCOL=supervised [BENCHMARK_ARGS="--jobs 2"]
@@ -36,15 +36,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--report-dir", default="docs/benchmark", help="where <protocol>.md / .png / .json go")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="OMP_NUM_THREADS of each run (default: 1 with --jobs > 1, else every core)")
+                   help="fixed thread count of every run (default: the cores are shared among the runs in progress, "
+                        "re-shared whenever one starts or ends, so a run left alone uses the idle cores)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="cores to share among the runs when --threads is not given (default: those this process may use)")
     p.add_argument("--dry-run", action="store_true", help="list each run's state and command; train nothing")
     p.add_argument("--report-only", action="store_true", help="train nothing; rebuild the report from complete runs")
     p.add_argument("--rerun-changed", action="store_true",
                    help="delete and retrain runs whose config.yaml differs from what the protocol now asks")
     p.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     args = p.parse_args(argv)
-    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
-        p.error("--jobs and --threads must be >= 1")
+    if args.jobs < 1 or any(n is not None and n < 1 for n in (args.threads, args.cores)):
+        p.error("--jobs, --threads and --cores must be >= 1")
     return args
 
 
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
                 print("          " + " ".join(shlex.quote(c) for c in spec.command(sys.executable, TRAIN_NET)))
         return 0
     if not args.report_only:
-        bm.execute(specs, jobs=args.jobs, threads=args.threads, train_net=TRAIN_NET,
+        bm.execute(specs, jobs=args.jobs, threads=args.threads, cores=args.cores, train_net=TRAIN_NET,
                    rerun_changed=args.rerun_changed, progress_every=args.progress_every)
         specs = bm.plan(protocol, args.output_root)
     report = bm.build_report(protocol, specs, command=reproduce_command(args))

@@ -2,7 +2,8 @@
 """The demo behind ``make demo``: the short version of the benchmark, on a CPU, in about a quarter of an hour.
 
 1. writes the embedded synthetic domain-shift dataset (``datasets/synthetic``, frozen parameters);
-2. runs ``configs/benchmark/demo.yaml`` with ``tools/benchmark.py`` (two 1-thread runs side by side):
+2. runs ``configs/benchmark/demo.yaml`` with ``tools/benchmark.py`` (two runs side by side, one thread each; a
+   run left alone gets both cores):
    seed 0 of no mixing vs LossMix in the data-limited supervised regime, and of source only vs
    Adaptive Teacher (source -> clipart). They are the very runs of the full protocols' seed 0
    (``output/benchmark/{supervised,adaptation}/...``), so ``make benchmark`` later reuses them;

@@ -15,6 +15,7 @@ import torch
 from ..data.catalog import MetadataCatalog
 from ..data.loader import eval_dataset_dicts
 from ..evaluation import COCOEvaluator, VOCDetectionEvaluator
+from ..utils.threads import follow_thread_count
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def inference_on_dataset(model, loader, evaluator, device, *, progress=None, des
 
         iterator = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for batch in iterator:
+        follow_thread_count()  # a benchmark runner may hand this run idle cores
         batch = [b for b in batch if b is not None]
         if batch:
             evaluator.process(batch, predict(model, batch, device))

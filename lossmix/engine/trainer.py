@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from ..utils import comm
+from ..utils.threads import follow_thread_count
 from .checkpoint import Checkpointer, rng_state
 
 logger = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ class Trainer:
         with signals_received() as received:
             data_iter = iter(self.data_loader)
             for self.iter in range(self.start_iter, self.max_iter):
+                follow_thread_count()  # a benchmark runner may hand this run idle cores
                 values = self.run_step(next(data_iter))
                 self.scheduler.step()
                 self.after_step(values)

@@ -51,6 +51,7 @@ from typing import Callable, Optional, Sequence
 import yaml
 
 from . import compare
+from .threads import THREADS_FILE_ENV, available_cores, thread_shares, write_thread_count
 
 __all__ = ["ProtocolError", "Entry", "Protocol", "RunSpec", "load_protocol", "protocol_path", "plan", "run_state",
            "eta_seconds", "execute", "machine_info", "build_report", "to_markdown", "write_report"]
@@ -60,6 +61,7 @@ _TOP_KEYS = {"DESCRIPTION", "SEEDS", "OVERRIDES", "DATASETS", "GAP", "CLAIMS", "
 _CLAIM_KEYS = {"CLAIM", "BETTER", "THAN", "DATASET"}
 _ENTRY_KEYS = {"NAME", "CONFIG", "OVERRIDES", "SEEDS", "SHARED_WITH", "INIT_FROM"}
 _RESERVED = ("SEED", "OUTPUT_DIR")  # set by the tool for each run
+THREADS_FILE = "threads"  # in a run folder: the thread count the runner gives the run now
 TRAIN_SPLIT = "_train"  # datasets whose name holds this are training splits (shown apart, as train-split AP)
 
 
@@ -346,28 +348,43 @@ def _last_iteration(run_dir: str) -> int:
     return int(rows[-1]["iteration"]) if rows else 0
 
 
-def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] = None,
+def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] = None, cores: Optional[int] = None,
             python: str = sys.executable, train_net: str = "tools/train_net.py", rerun_changed: bool = False,
             log: Callable[[str], None] = print, progress_every: float = 60.0) -> list[dict]:
-    """Train every run that is not complete, ``jobs`` at a time (seed-major order), each with ``threads`` threads.
+    """Train every run that is not complete, ``jobs`` at a time (seed-major order).
+
+    Threads: with ``threads`` set, every run gets that many for its whole life (bit-exact per thread
+    count). Otherwise the ``cores`` (default: :func:`~lossmix.utils.threads.available_cores`) are shared
+    among the runs in progress (:func:`~lossmix.utils.threads.thread_shares`) and re-shared at each start
+    and end: a run left alone, or started when fewer runs remain than cores, gets the idle cores at its next
+    iteration (through ``<run>/threads``, see :mod:`lossmix.utils.threads`).
 
     Changed runs raise ``RuntimeError`` (naming each run and key) unless ``rerun_changed``: their
     folder is then deleted and trained again. Each run's output goes to ``<run>/benchmark.log``, its
-    wall time and thread count to ``<run>/benchmark.json``. Progress lines (done / total, elapsed,
-    ETA) are printed at each start and end and every ``progress_every`` seconds. Returns one
-    ``{"run", "returncode", "seconds"}`` per run trained; raises ``RuntimeError`` if any failed.
+    wall time and thread counts (in the order it had them) to ``<run>/benchmark.json``. Progress lines
+    (done / total, elapsed, ETA) are printed at each start and end and every ``progress_every`` seconds.
+    Returns one ``{"run", "returncode", "seconds"}`` per run trained; raises ``RuntimeError`` if any failed.
     """
     changed = [s for s in specs if s.state == "changed"]
     if changed and not rerun_changed:
         raise RuntimeError("runs exist with another config (use --rerun-changed to delete and retrain them):\n  "
                            + "\n  ".join(describe_changed(s) for s in changed))
-    threads = threads or (1 if jobs > 1 else (os.cpu_count() or 1))
+    cores = cores or available_cores()
     # seed-major: every entry's first seed before any second seed, so a cut-short session still gives a table
     seed_rank = {seed: i for i, seed in enumerate(sorted({s.seed for s in specs}))}
     todo = sorted((s for s in specs if s.state != "complete"), key=lambda s: seed_rank[s.seed])
     total, skipped = len(specs), len(specs) - len(todo)
     done_seconds, finished, failures = [], [], []
     running: list[tuple[RunSpec, subprocess.Popen, float, object]] = []
+    given: dict[str, list[int]] = {}  # run folder -> thread counts it was given, in order
+
+    def share_threads() -> None:
+        """(Re)write each running run's thread count: fixed ``threads`` or a share of the cores."""
+        shares = [threads] * len(running) if threads else thread_shares(cores, len(running))
+        for (spec, *_), n in zip(running, shares):
+            if given.setdefault(spec.output_dir, [])[-1:] != [n]:
+                given[spec.output_dir].append(n)
+                write_thread_count(os.path.join(spec.output_dir, THREADS_FILE), n)
     start = time.monotonic()
     last_report = start
 
@@ -380,12 +397,13 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
             f"{': ' + event if event else ''}")
 
     progress("")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = dict(os.environ)
     # the runs import the same lossmix as this process (a checkout's, not another install's)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in [env.get("PYTHONPATH")] if p])
     pending = {s.output_dir for s in todo}  # a run INIT_FROM one of these waits until it has finished
     while todo or running:
+        starting = []
         while len(running) < jobs:
             ready = [s for s in todo if s.after is None or s.after not in pending]
             if not ready:
@@ -398,11 +416,20 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
                 spec.state = "fresh"
             os.makedirs(spec.output_dir, exist_ok=True)
             logf = open(os.path.join(spec.output_dir, "benchmark.log"), "a", encoding="utf-8")
+            given.pop(spec.output_dir, None)
+            running.append((spec, None, time.monotonic(), logf))
+            starting.append(len(running) - 1)
+        if starting:
+            share_threads()  # the new runs' counts (written to their folders) and the others' new shares
+        for i in starting:
+            spec, _, t0, logf = running[i]
             cmd = spec.command(python, train_net)
             logf.write(f"# {datetime.datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n")
             logf.flush()
-            running.append((spec, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env),
-                            time.monotonic(), logf))
+            n = str(given[spec.output_dir][-1])
+            run_env = dict(env, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n,
+                           **{THREADS_FILE_ENV: os.path.abspath(os.path.join(spec.output_dir, THREADS_FILE))})
+            running[i] = (spec, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=run_env), t0, logf)
             progress(f"started {spec.entry} seed {spec.seed}{' (resumed)' if spec.state == 'resume' else ''}")
         if todo and not running:  # every run left starts from one that failed
             for spec in todo:
@@ -417,7 +444,8 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
             running.remove(item)
             logf.close()
             seconds = time.monotonic() - t0
-            _record_attempt(spec, seconds, threads, proc.returncode)
+            _record_attempt(spec, seconds, given.get(spec.output_dir, []), proc.returncode)
+            share_threads()  # the cores it leaves go to the runs still in progress
             finished.append({"run": spec.output_dir, "returncode": proc.returncode, "seconds": round(seconds, 1)})
             if proc.returncode == 0:
                 pending.discard(spec.output_dir)
@@ -436,14 +464,14 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
     return finished
 
 
-def _record_attempt(spec: RunSpec, seconds: float, threads: int, returncode: int) -> None:
+def _record_attempt(spec: RunSpec, seconds: float, threads: list[int], returncode: int) -> None:
     path = os.path.join(spec.output_dir, "benchmark.json")
     record = {"attempts": []}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
     record["attempts"].append({"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                               "wall_seconds": round(seconds, 1), "threads": threads, "returncode": returncode,
+                               "wall_seconds": round(seconds, 1), "threads": list(threads), "returncode": returncode,
                                "resumed": spec.state == "resume"})
     with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
@@ -479,6 +507,15 @@ def _shown(path: str) -> str:
     return path if rel.startswith(os.pardir) else rel
 
 
+def _attempt_threads(attempts: Sequence[dict]) -> list[int]:
+    """Every thread count a run's attempts had (``threads`` is a list, or an int in older records)."""
+    counts = set()
+    for a in attempts:
+        t = a.get("threads")
+        counts.update(t if isinstance(t, list) else [t] if isinstance(t, int) else [])
+    return sorted(counts)
+
+
 def _run_record(run: compare.Run, role_runs: dict) -> dict:
     summary = _summary_row(run.path) or {}
     attempts = []
@@ -487,7 +524,7 @@ def _run_record(run: compare.Run, role_runs: dict) -> dict:
         with open(bench_path, encoding="utf-8") as f:
             attempts = json.load(f).get("attempts", [])
     record = {"path": _shown(run.path), "seed": run.config.get("SEED"), "train_seconds": summary.get("seconds"),
-              "iterations": summary.get("iterations"), "threads": sorted({a["threads"] for a in attempts}) or None,
+              "iterations": summary.get("iterations"), "threads": _attempt_threads(attempts) or None,
               "wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1) if attempts else None,
               "results": {d: {"AP50": r["AP50"], "per_class": r.get("per_class", {}), "evaluated": run.evaluated[d]}
                           for d, r in run.results.items()}}
