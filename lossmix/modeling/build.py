@@ -18,8 +18,9 @@ from torchvision.models import resnet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign
 
+from .layers import FrozenBatchNorm2d
 from .roi_heads import WeightedRoIHeads
 from .rpn import WeightedRPN
 
