@@ -121,7 +121,13 @@ def _image_size(xml_path: str, root: ET.Element) -> tuple[int, int]:
     size = root.find("size")
     if size is None:
         raise BadSampleError(xml_path, "no <size> element (image width and height are required)", kind="missing_field")
-    dims = []
+    try:  # the common case: two positive integers
+        height, width = int(size.findtext("height")), int(size.findtext("width"))
+        if height > 0 and width > 0:
+            return height, width
+    except (TypeError, ValueError):
+        pass
+    dims = []  # anything else: the checks below say what is wrong (or accept, e.g., "480.0")
     for tag in ("height", "width"):
         value = _number(xml_path, size, tag, "<size>")
         if value <= 0 or value != int(value):
@@ -153,61 +159,87 @@ def _image_file(xml_path: str, root: ET.Element, image_id: str, image_dir: str) 
     return filename
 
 
+def _where(index: int, name) -> str:
+    return f"object #{index}" + (f" ({name})" if name else "")
+
+
 def _object(xml_path, obj, index, width, height, class_to_id, class_names) -> dict:
-    name = _text(obj, "name")
-    where = f"object #{index}" + (f" ({name})" if name else "")
+    # The common case (a known name, four finite numbers, flags "0" / "1") is read inline; anything else
+    # takes the per-field helpers, which raise the error naming the field (same checks, same messages).
+    name = obj.findtext("name")
+    name = (name.strip() or None) if name else None
     if name is None:
-        raise BadSampleError(xml_path, f"{where}: missing <name>", kind="missing_field")
+        raise BadSampleError(xml_path, f"{_where(index, name)}: missing <name>", kind="missing_field")
     category_id = class_to_id.get(name)
     if category_id is None:
         # No case folding: VOC names are lowercase and a variant such as "Dog" is a labelling error.
         raise BadSampleError(
-            xml_path, f"{where}: unknown class {name!r}; known classes: {', '.join(class_names)}",
+            xml_path, f"{_where(index, name)}: unknown class {name!r}; known classes: {', '.join(class_names)}",
             kind="unknown_class",
         )
     bndbox = obj.find("bndbox")
     if bndbox is None:
-        raise BadSampleError(xml_path, f"{where}: missing <bndbox>", kind="missing_field")
-    xmin, ymin, xmax, ymax = [_number(xml_path, bndbox, tag, where) for tag in _BOX_TAGS]
+        raise BadSampleError(xml_path, f"{_where(index, name)}: missing <bndbox>", kind="missing_field")
+    try:
+        xmin, ymin = float(bndbox.findtext("xmin")), float(bndbox.findtext("ymin"))
+        xmax, ymax = float(bndbox.findtext("xmax")), float(bndbox.findtext("ymax"))
+        finite = xmin - xmin == 0.0 and ymin - ymin == 0.0 and xmax - xmax == 0.0 and ymax - ymax == 0.0  # no inf / nan
+    except (TypeError, ValueError):
+        finite = False
+    if not finite:
+        where = _where(index, name)
+        xmin, ymin, xmax, ymax = [_number(xml_path, bndbox, tag, where) for tag in _BOX_TAGS]
     # VOC boxes are 1-based inclusive pixel indices; continuous coordinates (x2/y2 exclusive, origin at
     # the image corner) subtract 1 from the minimum corner only: pixel 1..W spans [0, W]. Same as detectron2.
     x1, y1, x2, y2 = xmin - 1.0, ymin - 1.0, xmax, ymax
     if x2 <= x1 or y2 <= y1:
         box = f"(xmin, ymin, xmax, ymax) = ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"  # as written in the file
-        raise BadSampleError(xml_path, f"{where}: degenerate box {box}: needs xmin <= xmax and ymin <= ymax",
-                             kind="degenerate_box")
+        raise BadSampleError(xml_path, f"{_where(index, name)}: degenerate box {box}: needs xmin <= xmax and "
+                             "ymin <= ymax", kind="degenerate_box")
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         box = f"(xmin, ymin, xmax, ymax) = ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"
-        raise BadSampleError(xml_path, f"{where}: box {box} lies entirely outside the {width}x{height} image",
-                             kind="box_outside_image")
+        raise BadSampleError(xml_path, f"{_where(index, name)}: box {box} lies entirely outside the {width}x{height} "
+                             "image", kind="box_outside_image")
     annotation = {"bbox": [x1, y1, x2, y2], "bbox_mode": BoxMode.XYXY_ABS, "category_id": category_id}
     if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
         # Partly outside: clipping keeps positive area because the box overlaps the image.
         annotation["bbox"] = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
         annotation["clipped"] = True
-    annotation["difficult"] = _flag(xml_path, obj, "difficult", where) or 0  # absent tag: not difficult
-    truncated = _text(obj, "truncated")  # never read by training: an odd value is kept out, not an error
-    if truncated in ("0", "1"):
+    difficult = obj.findtext("difficult")
+    if difficult == "0" or difficult == "1":
+        annotation["difficult"] = int(difficult)
+    else:
+        annotation["difficult"] = _flag(xml_path, obj, "difficult", _where(index, name)) or 0  # absent: not difficult
+    truncated = obj.findtext("truncated")  # never read by training: an odd value is kept out, not an error
+    if truncated == "0" or truncated == "1":
         annotation["truncated"] = int(truncated)
-    elif truncated is not None:
-        logger.debug("%s: %s: <truncated> %r is not 0 or 1; ignored", xml_path, where, truncated)
+    else:
+        truncated = _text(obj, "truncated")
+        if truncated in ("0", "1"):
+            annotation["truncated"] = int(truncated)
+        elif truncated is not None:
+            logger.debug("%s: %s: <truncated> %r is not 0 or 1; ignored", xml_path, _where(index, name), truncated)
     return annotation
 
 
-def _parse(xml_path, class_to_id, class_names, dirname=None, object_errors: list | None = None) -> dict:
+def _parse(xml_path, class_to_id, class_names, dirname=None, object_errors: list | None = None, *,
+           image_id: str | None = None, image_dir: str | None = None) -> dict:
     """Parse one annotation file. With ``object_errors`` a list, a bad object is recorded there and left
     out instead of raising (for the dataset checker, which wants every problem); file-level problems
-    always raise."""
+    always raise. ``image_id`` (the file's stem) and ``image_dir`` (``<dirname>/JPEGImages``) may be given
+    by a caller that knows them, to save recomputing them per file."""
     xml_path = os.fspath(xml_path)
     root = _read_root(xml_path)
-    if dirname is None:
-        dirname = os.path.dirname(os.path.dirname(xml_path))  # <dirname>/Annotations/<id>.xml
-    image_id = os.path.splitext(os.path.basename(xml_path))[0]
-    image_dir = os.path.join(os.fspath(dirname), "JPEGImages")
+    if image_dir is None:
+        if dirname is None:
+            dirname = os.path.dirname(os.path.dirname(xml_path))  # <dirname>/Annotations/<id>.xml
+        image_dir = os.path.join(os.fspath(dirname), "JPEGImages")
+    if image_id is None:
+        image_id = os.path.splitext(os.path.basename(xml_path))[0]
     file_name = os.path.join(image_dir, _image_file(xml_path, root, image_id, image_dir))
     height, width = _image_size(xml_path, root)
     annotations = []
-    for index, obj in enumerate(root.iterfind("object")):
+    for index, obj in enumerate(root.findall("object")):  # findall: C's loop over the children
         try:
             annotations.append(_object(xml_path, obj, index, width, height, class_to_id, class_names))
         except BadSampleError as err:
@@ -269,11 +301,12 @@ def load_voc_instances(dirname, split: str, class_names: Sequence[str], *, on_ba
     class_to_id = _class_index(class_names)
     class_names = tuple(class_names)
     annotation_dir = os.path.join(dirname, "Annotations")
+    image_dir = os.path.join(dirname, "JPEGImages")
     dicts, skipped = [], 0
     for image_id in read_voc_split(dirname, split):
         xml_path = os.path.join(annotation_dir, image_id + ".xml")
         try:
-            dicts.append(_parse(xml_path, class_to_id, class_names, dirname))
+            dicts.append(_parse(xml_path, class_to_id, class_names, image_id=image_id, image_dir=image_dir))
         except BadSampleError as err:
             if on_bad == "error":
                 raise
