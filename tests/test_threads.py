@@ -82,3 +82,41 @@ def test_fixed_threads_never_change(tmp_path):
     out = str(tmp_path / "out")
     bm.execute(bm.plan(proto, out), jobs=2, threads=1, cores=2, train_net=str(fake), log=lambda _: None)
     assert open(os.path.join(out, "p", "long", "seed0", "seen")).read() == "1"
+
+
+def test_the_training_loop_follows_the_thread_file(tmp_path, monkeypatch):
+    """A Trainer applies the count in $LOSSMIX_THREADS_FILE at its next iteration."""
+    import itertools
+
+    from lossmix.engine.trainer import Trainer
+    from lossmix.utils import threads as threads_module
+
+    class OneParameter:
+        trainable = torch.nn.Linear(1, 1)
+        seen = []
+
+        def losses(self, batch, iteration):
+            self.seen.append(torch.get_num_threads())
+            return {"loss": self.trainable.weight.square().sum()}
+
+        def after_step(self, iteration):
+            return {}
+
+    class NoCheckpoints:
+        def save(self, *args, **kwargs):
+            pass
+
+    recipe = OneParameter()
+    optimizer = torch.optim.SGD(recipe.trainable.parameters(), lr=0.1)
+    path = tmp_path / "threads"
+    before = torch.get_num_threads()
+    want = 2 if before != 2 else 1
+    write_thread_count(str(path), want)
+    monkeypatch.setenv(threads_module.THREADS_FILE_ENV, str(path))
+    try:
+        Trainer(recipe=recipe, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0),
+                data_loader=itertools.repeat(None), checkpointer=NoCheckpoints(), device=torch.device("cpu"),
+                max_iter=2, log_period=0).train()
+    finally:
+        torch.set_num_threads(before)
+    assert recipe.seen == [want, want]
