@@ -35,6 +35,8 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
+_FLAGS = {"0": 0, "1": 1}  # <difficult> / <truncated> as written in the common case
+_XYXY_ABS = BoxMode.XYXY_ABS
 
 
 def _class_index(class_names: Sequence[str]) -> dict:
@@ -53,9 +55,15 @@ def _plainly_without_dtd(data: bytes) -> bool:
     UTF-8's, declared encoding absent or UTF-8 / ASCII / Latin-1) and holds no ``<!DOCTYPE`` nor
     ``<!ENTITY``: then it has no DTD, which is what defusedxml's ``forbid_dtd`` refuses, and expat
     can parse it with the C tree builder (about 3x faster). Anything else goes through defusedxml."""
-    if b"\x00" in data or data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+    if b"\x00" in data or data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return False
-    match = _ENCODING.match(data.lstrip(b"\xef\xbb\xbf"))
+    if b"<!" in data and (b"<!DOCTYPE" in data or b"<!ENTITY" in data):  # one scan in the common case
+        return False
+    if data[:1] in (b"\xef", b"\xbb", b"\xbf"):
+        data = data.lstrip(b"\xef\xbb\xbf")
+    if not data.startswith(b"<?xml"):  # no declaration: the regex below could not match
+        return True
+    match = _ENCODING.match(data)
     return match is None or match.group(1).lower() in _ASCII_ENCODINGS
 
 
@@ -183,7 +191,8 @@ def _object(xml_path, obj, index, width, height, class_to_id, class_names) -> di
     try:
         xmin, ymin = float(bndbox.findtext("xmin")), float(bndbox.findtext("ymin"))
         xmax, ymax = float(bndbox.findtext("xmax")), float(bndbox.findtext("ymax"))
-        finite = xmin - xmin == 0.0 and ymin - ymin == 0.0 and xmax - xmax == 0.0 and ymax - ymax == 0.0  # no inf / nan
+        total = xmin + ymin + xmax + ymax
+        finite = total - total == 0.0  # false for any inf / nan (and for a sum overflowing: the checks then decide)
     except (TypeError, ValueError):
         finite = False
     if not finite:
@@ -200,19 +209,18 @@ def _object(xml_path, obj, index, width, height, class_to_id, class_names) -> di
         box = f"(xmin, ymin, xmax, ymax) = ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g})"
         raise BadSampleError(xml_path, f"{_where(index, name)}: box {box} lies entirely outside the {width}x{height} "
                              "image", kind="box_outside_image")
-    annotation = {"bbox": [x1, y1, x2, y2], "bbox_mode": BoxMode.XYXY_ABS, "category_id": category_id}
+    annotation = {"bbox": [x1, y1, x2, y2], "bbox_mode": _XYXY_ABS, "category_id": category_id}
     if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
         # Partly outside: clipping keeps positive area because the box overlaps the image.
         annotation["bbox"] = [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
         annotation["clipped"] = True
-    difficult = obj.findtext("difficult")
-    if difficult == "0" or difficult == "1":
-        annotation["difficult"] = int(difficult)
-    else:
-        annotation["difficult"] = _flag(xml_path, obj, "difficult", _where(index, name)) or 0  # absent: not difficult
-    truncated = obj.findtext("truncated")  # never read by training: an odd value is kept out, not an error
-    if truncated == "0" or truncated == "1":
-        annotation["truncated"] = int(truncated)
+    difficult = _FLAGS.get(obj.findtext("difficult"))
+    if difficult is None:
+        difficult = _flag(xml_path, obj, "difficult", _where(index, name)) or 0  # absent tag: not difficult
+    annotation["difficult"] = difficult
+    truncated = _FLAGS.get(obj.findtext("truncated"))  # never read by training: an odd value is left out, no error
+    if truncated is not None:
+        annotation["truncated"] = truncated
     else:
         truncated = _text(obj, "truncated")
         if truncated in ("0", "1"):
@@ -236,7 +244,7 @@ def _parse(xml_path, class_to_id, class_names, dirname=None, object_errors: list
         image_dir = os.path.join(os.fspath(dirname), "JPEGImages")
     if image_id is None:
         image_id = os.path.splitext(os.path.basename(xml_path))[0]
-    file_name = os.path.join(image_dir, _image_file(xml_path, root, image_id, image_dir))
+    file_name = image_dir + os.sep + _image_file(xml_path, root, image_id, image_dir)  # a plain name: no join needed
     height, width = _image_size(xml_path, root)
     annotations = []
     for index, obj in enumerate(root.findall("object")):  # findall: C's loop over the children
@@ -304,7 +312,7 @@ def load_voc_instances(dirname, split: str, class_names: Sequence[str], *, on_ba
     image_dir = os.path.join(dirname, "JPEGImages")
     dicts, skipped = [], 0
     for image_id in read_voc_split(dirname, split):
-        xml_path = os.path.join(annotation_dir, image_id + ".xml")
+        xml_path = annotation_dir + os.sep + image_id + ".xml"  # ids hold no separator (read_voc_split)
         try:
             dicts.append(_parse(xml_path, class_to_id, class_names, image_id=image_id, image_dir=image_dir))
         except BadSampleError as err:
