@@ -83,13 +83,20 @@ def pick_images(dicts: list[dict], num_images: int, need_boxes: bool) -> list[di
     return chosen[:num_images]
 
 
+def run_config(folder: str, opts=()):
+    """The config a run folder was trained with (its ``config.yaml``), with ``opts`` on top."""
+    config = os.path.join(folder, CONFIG_NAME)
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"run folder {folder!r} has no {CONFIG_NAME}")
+    return build_config(config, list(opts))
+
+
 def load_run(folder: str, device: torch.device):
     """``(model in eval mode, test mapper)`` of a run folder."""
-    config, weights = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
-    for path in (config, weights):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"run folder {folder!r} has no {os.path.basename(path)}")
-    cfg = build_config(config, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", device.type])
+    weights = os.path.join(folder, WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"run folder {folder!r} has no {WEIGHTS_NAME}")
+    cfg = run_config(folder, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", device.type])
     model = build_detector(cfg).to(device).eval()
     return model, LossMixDatasetMapper.from_config(cfg, is_train=False)
 
@@ -120,6 +127,10 @@ def analyse(args, methods: list[str]) -> tuple[list[str], list[list[dict]]]:
     except ImportError as err:
         if err.name != "lossmix.data.builtin":
             raise
+    from lossmix.data.builtin import register_custom
+
+    for folder in args.runs:  # a run's own datasets (DATASETS.CUSTOM_VOC in its config.yaml), as training registered them
+        register_custom(run_config(folder))
     device = resolve_device(args.device)
     dicts = pick_images(DatasetCatalog.get(args.dataset), args.num_images, args.source == "gt")
     if not dicts:
