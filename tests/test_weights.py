@@ -1,0 +1,36 @@
+"""MODEL.WEIGHTS loading (lossmix.modeling.build.load_weights): files of another backbone are refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from lossmix.engine.checkpoint import UnreadableFileError
+from lossmix.modeling.build import load_weights, make_detector
+
+
+def _detector(backbone):
+    return make_detector(backbone=backbone, norm="FrozenBN", fpn_channels=16, num_classes=3)
+
+
+def test_imagenet_weights_of_the_same_backbone_load(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    model = _detector("R18-FPN")
+    result = load_weights(model, str(path))
+    assert result["kind"] == "backbone" and result["missing"] == [] and result["skipped"] == []
+    assert torch.equal(model.backbone.body.conv1.weight, torch.load(path)["conv1.weight"])
+
+
+def test_weights_of_another_backbone_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    model = _detector("R50-FPN")
+    before = model.backbone.body.conv1.weight.clone()
+    with pytest.raises(UnreadableFileError) as err:
+        load_weights(model, str(path))
+    message = str(err.value)
+    body = [k for k in model.state_dict() if k.startswith("backbone.body.")]
+    assert message.startswith(f"MODEL.WEIGHTS '{path}': only ") and f"of the backbone's {len(body)} tensors" in message
+    assert "another backbone than MODEL.BACKBONE.NAME" in message and "\n" not in message
+    assert torch.equal(model.backbone.body.conv1.weight, before)  # nothing was loaded
