@@ -120,7 +120,7 @@ def test_plan_skips_complete_resumes_interrupted_and_flags_changed(tmp_path):
     none0, none1, none2, lossmix0 = specs[:4]
     assert none0.output_dir == os.path.join(root, "proto", "none", "seed0")
     assert none0.command("py", "train_net.py") == [
-        "py", "train_net.py", "--config-file", none0.config_file,
+        "py", "train_net.py", "--config-file", none0.config_file, "--overwrite",
         "SOLVER.MAX_ITER", "4", "SEED", "0", "OUTPUT_DIR", none0.output_dir]
     _fake_run(none0, {"synthetic_source_test": 40.0})  # complete
     _fake_run(none1, {}, summary=False, checkpoint=True)  # interrupted after a checkpoint
@@ -129,6 +129,10 @@ def test_plan_skips_complete_resumes_interrupted_and_flags_changed(tmp_path):
               config_edit=lambda c: c["LOSSMIX"].update(ALPHA=4.0))
     specs = bm.plan(proto, root)
     assert [s.state for s in specs[:4]] == ["complete", "resume", "fresh", "changed"]
+    # a mixed folder: a second run started over (its rows moved the first one's summary to metrics.dropped.jsonl)
+    # and wrote its first evaluation, beside the first run's model_final.pth: not complete
+    open(os.path.join(none2.output_dir, "model_final.pth"), "wb").close()
+    assert bm.plan(proto, root)[2].state == "fresh"
     assert specs[1].command("py", "t.py")[:5] == ["py", "t.py", "--config-file", none1.config_file, "--resume"]
     assert specs[3].changed_keys == {"LOSSMIX.ALPHA": (4.0, 1.0)}
     with pytest.raises(RuntimeError, match=r"seed0 \(entry 'lossmix', seed 0\) was trained with another config: "

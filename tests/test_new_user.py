@@ -378,9 +378,9 @@ def test_item12_help_shows_defaults_for_every_option(capsys):
     with pytest.raises(SystemExit):
         tool.parse_args(["-h"])
     options = " ".join(capsys.readouterr().out.split()).split("options:")[1]
-    for option in ("--config-file", "--eval-only", "--resume", "--allow-fresh", "--num-gpus", "--debug"):
+    for option in ("--config-file", "--eval-only", "--resume", "--allow-fresh", "--overwrite", "--num-gpus", "--debug"):
         assert option in options
-    assert options.count("(default: ") == 6  # every option but -h has a help text, which shows its default
+    assert options.count("(default: ") == 7  # every option but -h has a help text, which shows its default
 
 
 def _mean_worker(rank, out):

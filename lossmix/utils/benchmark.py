@@ -23,7 +23,7 @@ A *protocol* is a YAML file, ``configs/benchmark/<name>.yaml``::
 Each (entry, seed) is a *run* in ``<output root>/<protocol>/<entry>/seed<k>``, trained by
 ``python tools/train_net.py --config-file CONFIG <protocol overrides> <entry overrides> SEED k OUTPUT_DIR <run>``.
 A run is *complete* when its ``config.yaml`` exists, ``eval/`` holds a result for each of its
-``DATASETS.TEST`` and ``metrics.jsonl`` has the final summary row (or ``model_final.pth`` exists); it is
+``DATASETS.TEST`` and ``metrics.jsonl`` has the final summary row (``model_final.pth`` alone is not enough); it is
 *resumed* (``--resume``) when it is not complete and has a ``last_checkpoint``. A run whose existing
 ``config.yaml`` differs from the config it would get now (beyond ``OUTPUT_DIR``) is *changed*: never
 reused silently (:func:`plan` marks it, :func:`execute` refuses unless asked to retrain it).
@@ -228,7 +228,8 @@ class RunSpec:
     after: Optional[str] = None  # output_dir of the run whose final weights this one starts from
 
     def command(self, python: str = sys.executable, train_net: str = "tools/train_net.py") -> list[str]:
-        resume = ["--resume"] if self.state == "resume" else []
+        # fresh: nothing to resume; an aborted attempt's leftovers (an early eval/, metrics) are deleted, never mixed in
+        resume = ["--resume"] if self.state == "resume" else ["--overwrite"]
         return [python, train_net, "--config-file", self.config_file, *resume, *self.opts]
 
 
@@ -266,7 +267,9 @@ def run_state(run_dir: str, expected_config: dict, tests: Sequence[str], *, defa
     if diffs:
         return "changed", diffs
     evals = all(os.path.isfile(os.path.join(run_dir, "eval", f"{t}.json")) for t in tests)
-    finished = _summary_row(run_dir) is not None or os.path.isfile(os.path.join(run_dir, "model_final.pth"))
+    # The final summary row, not model_final.pth alone: a second run started over in the folder moves the first
+    # one's rows (summary included) to metrics.dropped.jsonl, while its model_final.pth and eval/ files stay.
+    finished = _summary_row(run_dir) is not None
     if evals and finished:
         return "complete", {}
     if os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
