@@ -1,6 +1,7 @@
 """MODEL.WEIGHTS loading (lossmix.modeling.build.load_weights): files of another backbone are refused."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -34,3 +35,11 @@ def test_weights_of_another_backbone_are_refused_in_one_line(tmp_path):
     assert message.startswith(f"MODEL.WEIGHTS '{path}': only ") and f"of the backbone's {len(body)} tensors" in message
     assert "another backbone than MODEL.BACKBONE.NAME" in message and "\n" not in message
     assert torch.equal(model.backbone.body.conv1.weight, before)  # nothing was loaded
+
+
+def test_random_bytes_are_not_called_a_pickled_model(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    with pytest.raises(UnreadableFileError) as err:
+        load_weights(torch.nn.Linear(1, 1), str(path))
+    assert "not a PyTorch file written by torch.save" in str(err.value) and "pickled model" not in str(err.value)

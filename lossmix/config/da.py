@@ -1,20 +1,13 @@
 """Validation of the domain-adaptation keys (``DA.*``, ``DATASETS.TRAIN_UNLABELED``); registered on import."""
 from __future__ import annotations
 
-from .setup import ConfigError, register_validator
+from .setup import ConfigError, get_key as _get, register_validator
 
 MIX_PAIR_KINDS = ("source_source", "source_target", "target_target")  # the LossMix pairs of DA.MIX_PAIRS
 
 _UNIT_INTERVAL = ("DA.EMA_DECAY", "DA.PSEUDO_THRESHOLD")
 _NON_NEGATIVE = ("DA.BURN_IN_ITERS", "DA.PSEUDO_BOX_WEIGHT", "DA.UNSUP_LOSS_WEIGHT", "DA.DIS_LOSS_WEIGHT",
                  "DA.GRL_LAMBDA")
-
-
-def _get(cfg, key):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 @register_validator

@@ -6,7 +6,7 @@ import glob
 import logging
 import os
 
-from .defaults import CfgNode, coerce_numbers, get_cfg
+from .defaults import CfgNode, ConfigError, check_value_type, coerce_numbers, get_cfg, unknown_key  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +36,22 @@ _POSITIVE = ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "LOSSMIX.ALPHA", "SOLVER.
              "MODEL.ROI_HEADS.NUM_CLASSES", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TRAIN", "INPUT.MAX_SIZE_TEST")
 
 
-class ConfigError(ValueError):
-    """A config value out of range: the message names the key, the value and what is allowed."""
-
-
-def _get(cfg, key):
+def get_key(cfg, key: str):
+    """The value of a full key (``"SOLVER.MAX_ITER"``); ``KeyError`` if a part is missing."""
     node = cfg
     for part in key.split("."):
         node = node[part]
     return node
 
 
+_get = get_key
+
+
 def merge_from_list(cfg: CfgNode, opts: list) -> None:
     """``KEY VALUE`` overrides; an unknown key raises ``KeyError`` naming it."""
     if len(opts) % 2:
-        raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        raise ConfigError(f"overrides must be KEY VALUE pairs, got {len(opts)} word(s): the last key {opts[-1]!r} has "
+                          f"no value (a value with spaces needs quotes, e.g. DATASETS.TRAIN \"('a', 'b')\")")
     decoded = []
     for key, value in zip(opts[0::2], opts[1::2]):
         if isinstance(key, str) and key.startswith("--"):
@@ -58,8 +59,12 @@ def merge_from_list(cfg: CfgNode, opts: list) -> None:
         try:
             default = _get(cfg, key)
         except KeyError:
-            raise KeyError(f"unknown config key {key!r} (from the command line)") from None
-        decoded += [key, coerce_numbers(CfgNode._decode_cfg_value(value), default)]
+            raise unknown_key(key, cfg, "from the command line") from None
+        if isinstance(default, dict):
+            raise ConfigError(f"{key} is a section, not a key; set one of its keys, e.g. {key}.{next(iter(default))}")
+        value = coerce_numbers(CfgNode._decode_cfg_value(value), default)
+        check_value_type(key, value, default, "from the command line")
+        decoded += [key, value]
     cfg.merge_from_list(decoded)
 
 
@@ -108,8 +113,10 @@ def merge_from_file(cfg: CfgNode, path: str) -> None:
     path = resolve_config_path(path)
     try:
         cfg.merge_from_file(path)
-    except (KeyError, AssertionError) as err:  # yacs asserts on unknown keys
-        raise KeyError(f"{path}: {err}") from None
+    except ConfigError as err:  # a wrong type (CfgNode.merge_from_other_cfg)
+        raise ConfigError(f"{path}: {err}") from None
+    except (KeyError, AssertionError) as err:  # an unknown key (ours names it; yacs asserts on others)
+        raise KeyError(f"{path}: {err.args[0] if isinstance(err, KeyError) and err.args else err}") from None
 
 
 def validate(cfg: CfgNode) -> None:

@@ -29,21 +29,23 @@ def datasets_root() -> str:
     return os.environ.get("LOSSMIX_DATASETS", "datasets")
 
 
-def _checked(name: str, folder: str, loader):
+def _checked(name: str, folder: str, loader, hint: str):
     def load(**kwargs):
         if not os.path.isdir(folder):
-            raise FileNotFoundError(
-                f"dataset {name!r} expects the VOC-format folder {folder!r} (Annotations/, JPEGImages/, "
-                f"ImageSets/Main/); set LOSSMIX_DATASETS or see datasets/README.md for where to get it"
-            )
+            raise FileNotFoundError(f"dataset {name!r} expects the VOC-format folder {folder!r} (Annotations/, "
+                                    f"JPEGImages/, ImageSets/Main/), which does not exist; {hint}")
         return loader(**kwargs)
 
     return load
 
 
-def _register(name, folder, split, classes, **kwargs):
+BUILTIN_HINT = "set LOSSMIX_DATASETS (the folder holding it) or see datasets/README.md for where to get it"
+CUSTOM_HINT = "check its DATASETS.CUSTOM_VOC entry (NAME:FOLDER:SPLIT)"
+
+
+def _register(name, folder, split, classes, *, hint: str = BUILTIN_HINT, **kwargs):
     register_voc(name, folder, split, classes, **kwargs)
-    DatasetCatalog[name] = _checked(name, folder, DatasetCatalog[name])
+    DatasetCatalog[name] = _checked(name, folder, DatasetCatalog[name], hint)
 
 
 def register_all(root: str | None = None) -> None:
@@ -106,7 +108,7 @@ def register_custom(cfg) -> list[str]:
                 names.append(name)
                 continue
             DatasetCatalog.remove(name)
-        _register(name, folder, split, classes, use_07_metric=definition["use_07_metric"])
+        _register(name, folder, split, classes, use_07_metric=definition["use_07_metric"], hint=CUSTOM_HINT)
         MetadataCatalog.get(name).set(custom=True)
         names.append(name)
     return names

@@ -82,6 +82,8 @@ def torch_load(path: str, what: str = "file"):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if not head:
             why = "the file is empty (0 bytes)"
+        elif not head.startswith((b"PK", b"\x80")):  # neither torch.save's zip archive nor a legacy pickle
+            why = f"not a PyTorch file written by torch.save (it starts with {head!r})"
         elif "weights only load failed" in first.lower():
             why = ("holds Python objects besides tensors (e.g. a whole pickled model), which are not loaded "
                    "from untrusted files; save model.state_dict() with torch.save instead")

@@ -1,0 +1,73 @@
+"""tools/train_net.py as a user meets it: options, one-line errors, Ctrl-C."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from .helpers import REPO
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool_under_test", os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_tool("train_net")
+
+
+def _one_error_line(tool, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(tool.parse_args(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ")
+    return err.splitlines()[0]
+
+
+@pytest.mark.parametrize("opts, line", [
+    (["SOLVER.MAX_ITER", "abc"], "error: ConfigError: SOLVER.MAX_ITER = 'abc' (from the command line): expected an "
+                                 "integer, like 18000"),
+    (["LOSSMIX.ALPHA", "high"], "error: ConfigError: LOSSMIX.ALPHA = 'high' (from the command line): expected a "
+                                "number, like 1.0"),
+    (["DATASETS.TRAIN", "fruit_train"], "error: ConfigError: DATASETS.TRAIN = 'fruit_train' (from the command line): "
+                                        "expected a tuple, like (), e.g. \"('fruit_train',)\" for one entry"),
+    (["SOLVER.MAX_ITER", "10", "LOSSMIX.ALPHA"], "error: ConfigError: overrides must be KEY VALUE pairs, got 5 "
+                                                 "word(s): the last key 'LOSSMIX.ALPHA' has no value"),
+    (["SOLVER.MAX_ITR", "3"], "error: KeyError: unknown config key 'SOLVER.MAX_ITR' (from the command line); did you "
+                              "mean SOLVER.MAX_ITER"),
+])
+def test_wrong_overrides_are_one_line_naming_the_key_and_the_type(tool, tmp_path, capsys, opts, line):
+    assert _one_error_line(tool, ["OUTPUT_DIR", str(tmp_path), *opts], capsys).startswith(line)
+
+
+def test_yaml_type_error_and_key_typo_are_one_line(tool, tmp_path, capsys):
+    (tmp_path / "three.yaml").write_text('MODEL:\n  ROI_HEADS:\n    NUM_CLASSES: "three"\n')
+    (tmp_path / "typo.yaml").write_text("SOLVER:\n  BASE_RL: 0.1\n")
+    assert _one_error_line(tool, ["--config-file", str(tmp_path / "three.yaml"), "OUTPUT_DIR", str(tmp_path)],
+                           capsys) == (f"error: ConfigError: {tmp_path / 'three.yaml'}: MODEL.ROI_HEADS.NUM_CLASSES = "
+                                       "'three' (in a YAML file): expected an integer, like 20")
+    assert _one_error_line(tool, ["--config-file", str(tmp_path / "typo.yaml"), "OUTPUT_DIR", str(tmp_path)],
+                           capsys).startswith(f"error: KeyError: {tmp_path / 'typo.yaml'}: unknown config key "
+                                              "'SOLVER.BASE_RL' (in a YAML file); did you mean SOLVER.BASE_LR")
+
+
+def test_ctrl_c_is_one_line_with_resume_and_exit_130(tool, tmp_path, monkeypatch, capsys):
+    import lossmix.engine.run
+    from lossmix.engine.trainer import TrainingInterrupted
+
+    def interrupted(cfg, **kwargs):
+        raise TrainingInterrupted("signal 2 at iteration 3; checkpoint saved")
+
+    monkeypatch.setattr(lossmix.engine.run, "run", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(tool.parse_args(["OUTPUT_DIR", str(tmp_path)]))
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert err == ("interrupted (signal 2 at iteration 3; checkpoint saved); rerun the same command with --resume "
+                   "to continue\n")
