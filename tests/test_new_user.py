@@ -103,7 +103,7 @@ def test_item1_train_resumes_from_the_previous_checkpoint(names, tmp_path):
     train(tiny_cfg(names, out, **opts))
     os.remove(out / "model_final.pth")
     result = train(tiny_cfg(names, out, **opts), resume=True)
-    assert result["summary"]["iterations"] == 2  # from model_0000002, not from 0
+    assert result["summary"]["iterations_this_session"] == 2  # from model_0000002, not from 0
     iterations = [r["iteration"] for r in _rows(out / "metrics.jsonl")]
     assert iterations == sorted(iterations) and iterations.count(3) == 1
 
@@ -367,7 +367,7 @@ def test_item12_user_mistakes_print_one_line(tmp_path, capsys):
         tool.main(args)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: KeyError: unknown config key 'SOLVER.NOPE' (from the command line)\n")
+    assert err.startswith("error: KeyError: unknown config key 'SOLVER.NOPE' (from the command line)")
     assert "Traceback" not in err
     with pytest.raises(KeyError):
         tool.main(tool.parse_args(["--debug", "SOLVER.NOPE", "1"]))
