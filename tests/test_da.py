@@ -296,3 +296,19 @@ def test_resume_restores_student_and_teacher(names, full_run, tmp_path):
 def test_da_config_values_are_validated(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_config("", [key, value])
+
+
+def test_da_loader_honours_on_bad_sample(tmp_path):
+    from lossmix.data.adaptation import build_da_loader
+    from lossmix.data.errors import BadSampleError
+
+    own = make_tiny_dataset(tmp_path / "data", num_train=3, num_test=1, domains=("source", "clipart"))
+    xml = tmp_path / "data" / "clipart" / "Annotations" / "clipart_train_00001.xml"
+    xml.write_text("<annotation>")
+    with pytest.raises(BadSampleError, match="malformed XML.*DATALOADER.ON_BAD_SAMPLE skip"):
+        build_da_loader(tiny_cfg(own, tmp_path / "error", **_da_opts(own)))
+    (tmp_path / "skip").mkdir()
+    loader = build_da_loader(tiny_cfg(own, tmp_path / "skip", **_da_opts(own, **{"DATALOADER.ON_BAD_SAMPLE": "skip"})))
+    assert len(loader.dataset.target) == 2  # the bad annotation file is left out, the run goes on
+    rows = [json.loads(line) for line in open(tmp_path / "skip" / "bad_samples.jsonl")]
+    assert [(r["file"], r["kind"], r["dataset"]) for r in rows] == [(str(xml), "malformed_xml", own["clipart_train"])]

@@ -44,9 +44,46 @@ def test_bad_sample_skip_policy_logs_and_counts(names, tmp_path):
                                            "DATALOADER.ON_BAD_SAMPLE": "skip"}))
     rows = [json.loads(line) for line in open(out / "bad_samples.jsonl")]
     assert rows and all(r["file"] == str(jpg) and r["kind"] == "corrupt_image" for r in rows)
-    # 6 iterations x 2 images = 12 positions over 6 images: the bad one is met twice, and counted once (issue 11:
-    # the summary counts files, not events)
-    assert len(rows) == 2 and result["summary"]["skipped_bad_samples"] == 1
+    # 6 iterations x 2 images = 12 positions over 6 images: the bad one is met twice, read and logged once (then
+    # dropped: its draws take the next image without reading it again)
+    assert len(rows) == 1 and result["summary"]["skipped_bad_samples"] == 1
+
+
+def test_bad_sample_error_suggests_skip_and_check_dataset(names, tmp_path):
+    _corrupt_one(tmp_path)
+    with pytest.raises(BadSampleError, match=r"truncated JPEG.* \(DATALOADER.ON_BAD_SAMPLE skip leaves bad files out; "
+                                             r"tools/check_dataset.py lists every bad file\)"):
+        train(tiny_cfg(names, tmp_path / "out", **{"SOLVER.MAX_ITER": 6, "DATASETS.TEST": ()}))
+
+
+def test_bad_sample_skip_drops_a_file_once_and_logs_it_once_across_a_resume(names, tmp_path):
+    import numpy as np
+
+    from lossmix.data.catalog import DatasetCatalog
+    from lossmix.data.loader import TrainDataset
+    from lossmix.data.mapper import LossMixDatasetMapper
+
+    jpg = _corrupt_one(tmp_path)
+    xml = tmp_path / "data" / "source" / "Annotations" / "source_train_00000.xml"
+    xml.write_text("<annotation>")  # malformed: left out when the dataset is built
+    out = tmp_path / "out"
+    opts = {"SOLVER.MAX_ITER": 2, "DATASETS.TEST": (), "DATALOADER.ON_BAD_SAMPLE": "skip", "SOLVER.CHECKPOINT_PERIOD": 0}
+    train(tiny_cfg(names, out, **opts))
+    train(tiny_cfg(names, out, **{**opts, "SOLVER.MAX_ITER": 3}), resume=True)  # builds the dataset again
+    rows = [json.loads(line) for line in open(out / "bad_samples.jsonl")]
+    assert sorted((r["file"], r["kind"]) for r in rows) == [(str(xml), "malformed_xml"), (str(jpg), "corrupt_image")]
+
+    cfg = tiny_cfg(names, tmp_path / "direct", **opts)
+    dicts = DatasetCatalog.get(names["source_train"], on_bad="skip")
+    reads = []
+    mapper = LossMixDatasetMapper.from_config(cfg, is_train=True)
+    load = mapper.load
+    mapper.load = lambda d, rng: (reads.append(d["file_name"]), load(d, rng))[1]
+    dataset = TrainDataset(dicts, mapper, seed=0, on_bad="skip")
+    bad = next(i for i, d in enumerate(dicts) if d["file_name"] == str(jpg))
+    first = dataset.load_index(bad, np.random.default_rng(0), 0)
+    again = dataset.load_index(bad, np.random.default_rng(0), 1)
+    assert reads.count(str(jpg)) == 1 and first["file_name"] == again["file_name"] == dicts[bad + 1]["file_name"]
 
 
 def test_same_seed_runs_match_exactly(names, tmp_path):

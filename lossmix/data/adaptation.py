@@ -151,14 +151,17 @@ def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = No
     pairs = active_pairs(cfg)
     mapper = LossMixDatasetMapper.from_config(cfg, is_train=True)
     bad_log = bad_sample_log(cfg)
+    on_bad = cfg.DATALOADER.ON_BAD_SAMPLE
     source = TrainDataset(
-        get_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
+        get_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, on_bad=on_bad,
+                          bad_log=bad_log),
         mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
         with_partner="source_source" in pairs and local_batch == 1,
     )
     target_seed = int(np.random.SeedSequence([cfg.SEED, _TARGET_SEED_STREAM]).generate_state(1)[0])
     target = TrainDataset(
-        get_dataset_dicts(cfg.DATASETS.TRAIN_UNLABELED), TwoViewMapper.from_config(cfg), seed=target_seed,
+        get_dataset_dicts(cfg.DATASETS.TRAIN_UNLABELED, on_bad=on_bad, bad_log=bad_log), TwoViewMapper.from_config(cfg),
+        seed=target_seed,
         on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
     )
     dataset = DomainAdaptationDataset(source, target, global_batch=local_batch * world,

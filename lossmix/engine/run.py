@@ -65,8 +65,8 @@ def run(cfg, *, resume: bool = False, allow_fresh: bool = False, eval_only: bool
     summary = trainer.train()
     summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
     if summary["skipped_bad_samples"]:
-        logger.warning("%d bad file(s) were skipped (%d times); see %s/bad_samples.jsonl", summary["skipped_bad_samples"],
-                       bad_sample_log(cfg).count_events(), cfg.OUTPUT_DIR)
+        logger.warning("%d bad file(s) were left out; see %s/bad_samples.jsonl", summary["skipped_bad_samples"],
+                       cfg.OUTPUT_DIR)
     results = evaluate(cfg, recipe.eval_models(cfg.SOLVER.MAX_ITER), device)
     return {"summary": summary, "results": results}
 
