@@ -105,6 +105,22 @@ def resolve_config_path(path: str, configs_dir: str = CONFIGS_DIR) -> str:
     raise FileNotFoundError(f"config file not found: {path}{hint}")
 
 
+def config_writing(weights_path: str, configs_dir: str = CONFIGS_DIR) -> str | None:
+    """The shipped config (relative to the repository) whose ``OUTPUT_DIR`` holds ``weights_path``, e.g.
+    ``configs/quickstart/synthetic_lossmix.yaml`` for ``./output/quickstart/synthetic_lossmix/model_final.pth``."""
+    import yaml
+
+    folder = os.path.normpath(os.path.dirname(weights_path))
+    for path in sorted(glob.glob(os.path.join(glob.escape(configs_dir), "**", "*.yaml"), recursive=True)):
+        if os.path.relpath(path, configs_dir).split(os.sep)[0] in NOT_LOSSMIX_CONFIGS:
+            continue
+        with open(path, encoding="utf-8") as f:
+            out = (yaml.safe_load(f) or {}).get("OUTPUT_DIR")
+        if out and os.path.normpath(out) == folder:
+            return os.path.relpath(path, os.path.dirname(configs_dir))
+    return None
+
+
 def merge_from_file(cfg: CfgNode, path: str) -> None:
     """Merge a YAML file, following ``_BASE_`` (relative to the file); unknown keys raise ``KeyError``.
 

@@ -248,7 +248,12 @@ def load_weights(model: FasterRCNN, path: str) -> dict:
     from ..engine.checkpoint import UnreadableFileError, torch_load
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: no such file {path!r} (weights are never downloaded; give a local path)")
+        from ..config.setup import config_writing
+
+        maker = config_writing(path)
+        hint = (f"; it is written by python tools/train_net.py --config-file {maker}: run that first" if maker else
+                " (weights are never downloaded; give a local path)")
+        raise FileNotFoundError(f"MODEL.WEIGHTS: no such file {path!r}{hint}")
     state = torch_load(path, "MODEL.WEIGHTS")
     if not isinstance(state, dict):
         raise UnreadableFileError(f"MODEL.WEIGHTS {path!r}: holds a {type(state).__name__}, expected a state dict "
