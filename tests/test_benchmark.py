@@ -347,3 +347,14 @@ def test_init_from_runs_pool_over_their_per_seed_weights(tmp_path):
         _fake_run(spec, {"synthetic_source_test": 30.0 + spec.seed + (5 if spec.entry == "at" else 0)})
     report = bm.build_report(proto, bm.plan(proto, out))
     assert report["summary"]["synthetic_source_test"]["at"]["values"] == [35.0, 36.0]
+
+
+def test_report_with_only_changed_runs_points_at_rerun_changed(tmp_path):
+    proto = bm.load_protocol(_protocol(tmp_path, PROTO))
+    root = str(tmp_path / "out")
+    lossmix0 = next(s for s in bm.plan(proto, root) if s.entry == "lossmix" and s.seed == 0)
+    _fake_run(lossmix0, {"synthetic_source_test": 40.0}, config_edit=lambda c: c["LOSSMIX"].update(ALPHA=4.0))
+    specs = bm.plan(proto, root)
+    with pytest.raises(FileNotFoundError, match=r"\(6 to train, 1 trained with another config: rerun with "
+                                                r"--rerun-changed to retrain them"):
+        bm.build_report(proto, specs)

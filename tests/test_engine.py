@@ -56,7 +56,9 @@ def test_resume_continues_at_the_right_iteration_with_the_same_lr_and_losses(nam
     train(tiny_cfg(names, full_dir))
     train(tiny_cfg(names, cut_dir, **{"SOLVER.MAX_ITER": 3}))  # a run cut after iteration 3
     assert (cut_dir / "last_checkpoint").read_text() == "model_final.pth"
+    (cut_dir / "model_interrupted.pth").write_bytes((cut_dir / "model_final.pth").read_bytes())  # as Ctrl-C leaves
     result = train(tiny_cfg(names, cut_dir), resume=True)
+    assert not (cut_dir / "model_interrupted.pth").exists()  # the run it saved has finished
     assert result["summary"]["iterations"] == 6 and result["summary"]["iterations_this_session"] == 3
     full, cut = _metrics(full_dir), _metrics(cut_dir)
     for it in (4, 5, 6):

@@ -71,3 +71,21 @@ def test_ctrl_c_is_one_line_with_resume_and_exit_130(tool, tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert err == ("interrupted (signal 2 at iteration 3; checkpoint saved); rerun the same command with --resume "
                    "to continue\n")
+
+
+@pytest.mark.parametrize("name", ["train_net", "attribution", "compare", "visualize_mixing"])
+def test_help_shows_every_default(name, monkeypatch, capsys):
+    import argparse
+
+    parsers = []
+    original = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
+                        lambda self, *a, **k: (parsers.append(self), original(self, ["-h"]))[1])
+    with pytest.raises(SystemExit):
+        load_tool(name).parse_args([])
+    parser = parsers[0]
+    assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert options and all(a.help for a in options), [a.dest for a in options if not a.help]  # help=None hides it
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.split("options:")[-1].count("(default: ") == len(options)

@@ -39,7 +39,7 @@ from lossmix.analysis.attribution import (  # noqa: E402
     AUTO_LAYER, METHODS, REGIONS, box_shares, detect_with_proposals, explain, summarize_shares,
 )
 from lossmix.config.setup import build_config  # noqa: E402
-from lossmix.data.catalog import DatasetCatalog  # noqa: E402
+from lossmix.data.catalog import DatasetCatalog, MetadataCatalog  # noqa: E402
 from lossmix.data.mapper import LossMixDatasetMapper  # noqa: E402
 from lossmix.engine.trainer import resolve_device  # noqa: E402
 from lossmix.modeling.build import build_detector  # noqa: E402
@@ -49,7 +49,8 @@ DISPLAY_PERCENTILE = 99.5  # heat maps are shown up to this percentile: gradient
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, metavar="DIR",
                         help=f"run folders, each with {CONFIG_NAME} and {WEIGHTS_NAME}")
     parser.add_argument("--dataset", required=True, help="a registered dataset name, e.g. synthetic_source_test")
@@ -62,11 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ring = the box grown by RING x its width/height on each side, minus the box")
     parser.add_argument("--gradcam-layer", default=AUTO_LAYER,
                         help="module path, e.g. backbone.body.layer4; 'auto': the FPN level the box is pooled from")
-    parser.add_argument("--ig-steps", type=int, default=32)
-    parser.add_argument("--smoothgrad-samples", type=int, default=16)
+    parser.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients: steps from the black baseline")
+    parser.add_argument("--smoothgrad-samples", type=int, default=16, help="SmoothGrad: noisy copies averaged")
     parser.add_argument("--smoothgrad-stdev", type=float, default=0.1, help="noise std in 0-1 pixel units")
     parser.add_argument("--batch-size", type=int, default=16, help="copies per forward for IG / SmoothGrad")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where the models run")
     return parser.parse_args(argv)
 
 
@@ -135,6 +136,7 @@ def analyse(args, methods: list[str]) -> tuple[list[str], list[list[dict]]]:
     dicts = pick_images(DatasetCatalog.get(args.dataset), args.num_images, args.source == "gt")
     if not dicts:
         raise ValueError(f"dataset {args.dataset!r} has no images to explain")
+    class_names = MetadataCatalog.get(args.dataset).get("thing_classes") or []
     settings = dict(ig_steps=args.ig_steps, smoothgrad_samples=args.smoothgrad_samples,
                     smoothgrad_stdev=args.smoothgrad_stdev, internal_batch_size=args.batch_size)
     cells = []
@@ -151,13 +153,15 @@ def analyse(args, methods: list[str]) -> tuple[list[str], list[list[dict]]]:
                 explanation = explain(model, image, pooled, label, methods=methods,
                                       gradcam_layer=args.gradcam_layer, **settings)
                 area = box_shares(torch.ones(image.shape[-2:]), region, ring=args.ring)  # an evenly spread map
+                name = class_names[label - 1] if 0 < label <= len(class_names) else f"class {label - 1}"
                 cell.update(pooled_box=explanation.box, region_box=[float(v) for v in region], **{"class": label - 1},
+                            class_name=name,
                             score=explanation.score, reported_score=reported, gradcam_layer=explanation.gradcam_layer,
                             maps={m: h.numpy() for m, h in explanation.maps.items()},
                             shares={m: box_shares(h, region, ring=args.ring) for m, h in explanation.maps.items()},
                             area_shares=area)
             row.append(cell)
-            what = f"class {cell['class']}, score {cell['score']:.3f}" if "maps" in cell else "nothing to explain"
+            what = f"{cell['class_name']}, score {cell['score']:.3f}" if "maps" in cell else "nothing to explain"
             print(f"[{run_name(folder)}] {index + 1}/{len(dicts)} {cell['image_id']}: {what}", flush=True)
         cells.append(row)
         del model
@@ -243,7 +247,7 @@ def draw_grids(args, names, cells, methods) -> list[str]:
                 x1, y1, x2, y2 = cell["region_box"]
                 ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=1.5))
                 share = cell["shares"][method]["inside"]
-                ax.set_xlabel(f"class {cell['class']}  p={cell['score']:.2f}  in box {share:.2f}", fontsize=8)
+                ax.set_xlabel(f"{cell['class_name']}  p={cell['score']:.2f}  in box {share:.2f}", fontsize=8)
         fig.suptitle(f"{method} ({args.source})", fontsize=11)
         fig.tight_layout()
         path = os.path.join(args.output, f"attribution_{method}.png")

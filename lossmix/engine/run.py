@@ -63,6 +63,9 @@ def run(cfg, *, resume: bool = False, allow_fresh: bool = False, eval_only: bool
         evaluate=lambda iteration: evaluate(cfg, recipe.eval_models(iteration), device,
                                             cfg.TEST.EVAL_PERIOD_DATASETS or None))
     summary = trainer.train()
+    interrupted = os.path.join(cfg.OUTPUT_DIR, "model_interrupted.pth") if cfg.OUTPUT_DIR else ""
+    if interrupted and os.path.exists(interrupted) and comm.is_main_process():  # the run it saved has now finished
+        os.remove(interrupted)
     summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
     if summary["skipped_bad_samples"]:
         logger.warning("%d bad file(s) were left out; see %s/bad_samples.jsonl", summary["skipped_bad_samples"],

@@ -568,7 +568,12 @@ def build_report(protocol: Protocol, specs: Sequence[RunSpec], *, command: str =
     complete = [s.output_dir for s in specs if s.state == "complete"]
     missing = [_shown(s.output_dir) for s in specs if s.state != "complete"]
     if not complete:
-        raise FileNotFoundError(f"no complete run of protocol {protocol.name!r} yet ({len(missing)} to train)")
+        changed = sum(s.state == "changed" for s in specs)
+        todo = f"{len(missing) - changed} to train" if len(missing) > changed else ""
+        if changed:
+            todo += (", " if todo else "") + (f"{changed} trained with another config: rerun with --rerun-changed "
+                                              "to retrain them, or point --output-root elsewhere")
+        raise FileNotFoundError(f"no complete run of protocol {protocol.name!r} yet ({todo})")
     runs = _filter([compare.load_run(p, group_by="parent") for p in complete], protocol.datasets)
     # an INIT_FROM entry's MODEL.WEIGHTS is its own seed's start: it differs between seeds by design
     initialised = {e.name for e in protocol.entries if e.init_from}
