@@ -59,7 +59,8 @@ def main(argv=None) -> list[str]:
     written = []
     for k in range(args.num):
         picture = render_mixed_sample(next(samples), class_names=class_names, mode=cfg.LOSSMIX.MODE,
-                                      method=cfg.LOSSMIX.METHOD, min_short=args.min_short)
+                                      method=cfg.LOSSMIX.METHOD, min_short=args.min_short,
+                                      saliency=cfg.LOSSMIX.SALIENCY, paste=cfg.LOSSMIX.PASTE)
         written.append(save_png(os.path.join(args.output, f"mix_{k}.png"), picture))
         print(written[-1])
     return written
