@@ -9,6 +9,7 @@ voc_2007_test          VOC2007, test                         VOC07 11-point
 clipart_train / _test  clipart, train / test                 area AP50 (20 classes)
 watercolor_train/_test watercolor, train / test              area AP50 on its 6 classes
 comic_train / _test    comic, train / test                   area AP50 on its 6 classes
+coco_2017_train / _val coco/{train,val}2017 + coco/annotations/instances_{train,val}2017.json (COCO json), COCO AP
 synthetic_<domain>_<split>  synthetic/<domain>               area AP50 (6 shapes)
 =====================  ====================================  ==========================
 
@@ -48,6 +49,29 @@ def _register(name, folder, split, classes, *, hint: str = BUILTIN_HINT, **kwarg
     DatasetCatalog[name] = _checked(name, folder, DatasetCatalog[name], hint)
 
 
+COCO_2017 = {"coco_2017_train": ("train2017", "annotations/instances_train2017.json"),
+             "coco_2017_val": ("val2017", "annotations/instances_val2017.json")}  # detectron2's names and layout
+
+
+def register_coco_2017(root: str | None = None) -> None:
+    """``coco_2017_train`` / ``coco_2017_val`` under ``root/coco`` (images and ``annotations/``), as detectron2."""
+    from .coco import COCO_CLASSES, register_coco
+
+    root = root or datasets_root()
+    for name, (images, annotations) in COCO_2017.items():
+        json_file, image_root = os.path.join(root, "coco", annotations), os.path.join(root, "coco", images)
+        register_coco(name, json_file, image_root, class_names=COCO_CLASSES)
+        loader = DatasetCatalog[name]
+
+        def load(_name=name, _json=json_file, _loader=loader, **kwargs):
+            if not os.path.isfile(_json):
+                raise FileNotFoundError(f"dataset {_name!r} expects the COCO annotation file {_json!r}, which does "
+                                        f"not exist; {BUILTIN_HINT}")
+            return _loader(**kwargs)
+
+        DatasetCatalog[name] = load
+
+
 def register_all(root: str | None = None) -> None:
     root = root or datasets_root()
     for name, sub, split, year in (
@@ -62,6 +86,7 @@ def register_all(root: str | None = None) -> None:
             _register(f"{sub}_{split}", os.path.join(root, sub), split, VOC_CLASSES, eval_classes=WATERCOLOR_CLASSES)
         for domain in SYNTHETIC_DOMAINS:
             _register(f"synthetic_{domain}_{split}", os.path.join(root, "synthetic", domain), split, SYNTHETIC_CLASSES)
+    register_coco_2017(root)
 
 
 if "voc_2007_trainval" not in DatasetCatalog:
