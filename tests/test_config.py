@@ -192,3 +192,22 @@ def test_interpolate_formulation_refuses_lossmix_weights():
     with pytest.raises(ConfigError, match=r"with LOSSMIX.MODE = 'lossmix': interpolate applies lambda itself"):
         build_config("", ["LOSSMIX.MODE", "lossmix", "LOSSMIX.FORMULATION", "interpolate"])
     assert build_config("", ["LOSSMIX.MODE", "uniform", "LOSSMIX.FORMULATION", "interpolate"]).LOSSMIX.MODE == "uniform"
+
+
+def test_choices_come_from_the_modules_that_define_them():
+    from lossmix.config import da, setup
+    from lossmix.data import errors, mixing
+    from lossmix.evaluation import voc
+    from lossmix.modeling import targets
+
+    allowed = setup.choices()
+    assert allowed["LOSSMIX.MODE"] is mixing.MODES and allowed["LOSSMIX.METHOD"] is mixing.METHODS
+    assert allowed["LOSSMIX.SALIENCY"] is mixing.SALIENCY_METHODS and allowed["LOSSMIX.PASTE"] is mixing.PASTE_MODES
+    assert allowed["LOSSMIX.FORMULATION"] is targets.FORMULATIONS is mixing.FORMULATIONS
+    assert allowed["DATALOADER.ON_BAD_SAMPLE"] is errors.ON_BAD_POLICIES is allowed["TEST.ON_BAD_SAMPLE"]
+    assert allowed["DATASETS.CUSTOM_METRIC"] is voc.VOC_METRICS
+    assert allowed["TEST.VOC07_RECALL_LEVELS"] is voc.RECALL_LEVEL_CHOICES
+    source = open(setup.__file__).read()
+    assert not any(f'"{v}"' in source for v in ("keep_aspect", "saliencymix", "spectral_residual", "cutmix",
+                                                 "voc07", "skip"))  # not retyped
+    assert da._get is setup.get_key  # one key-lookup helper

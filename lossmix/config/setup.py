@@ -13,19 +13,32 @@ logger = logging.getLogger(__name__)
 NOT_LOSSMIX_CONFIGS = ("d2", "benchmark")  # detectron2-format configs and benchmark protocols: never a train_net config
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
-_CHOICES = {
-    "LOSSMIX.MODE": ("none", "uniform", "noise", "lossmix"),
-    "LOSSMIX.METHOD": ("mixup", "cutmix", "saliencymix"),
-    "LOSSMIX.FORMULATION": ("instance", "interpolate"),
-    "LOSSMIX.SALIENCY": ("fine_grained", "spectral_residual"),
-    "LOSSMIX.PASTE": ("stretch", "keep_aspect"),
-    "DATALOADER.ON_BAD_SAMPLE": ("error", "skip"),
-    "MODEL.DEVICE": ("auto", "cpu", "cuda"),
-    "TEST.METRIC": ("auto", "voc_area", "voc07", "coco"),
-    "TEST.VOC07_RECALL_LEVELS": ("arange", "exact"),
-    "TEST.ON_BAD_SAMPLE": ("error", "skip"),
-    "DATASETS.CUSTOM_METRIC": ("voc_area", "voc07"),
-}
+DEVICES = ("auto", "cpu", "cuda")  # MODEL.DEVICE (lossmix.engine.trainer.resolve_device)
+
+
+def choices() -> dict:
+    """Allowed values of the keys that name a choice, taken from the modules that implement them (imported
+    here, at validation: they are leaves that import no config)."""
+    from ..data.errors import ON_BAD_POLICIES
+    from ..data.mixing import FORMULATIONS, METHODS, MODES, PASTE_MODES, SALIENCY_METHODS
+    from ..evaluation import METRICS
+    from ..evaluation.voc import RECALL_LEVEL_CHOICES, VOC_METRICS
+
+    return {
+        "LOSSMIX.MODE": MODES,
+        "LOSSMIX.METHOD": METHODS,
+        "LOSSMIX.FORMULATION": FORMULATIONS,
+        "LOSSMIX.SALIENCY": SALIENCY_METHODS,
+        "LOSSMIX.PASTE": PASTE_MODES,
+        "DATALOADER.ON_BAD_SAMPLE": ON_BAD_POLICIES,
+        "MODEL.DEVICE": DEVICES,
+        "TEST.METRIC": ("auto", *METRICS),
+        "TEST.VOC07_RECALL_LEVELS": RECALL_LEVEL_CHOICES,
+        "TEST.ON_BAD_SAMPLE": ON_BAD_POLICIES,
+        "DATASETS.CUSTOM_METRIC": VOC_METRICS,
+    }
+
+
 _PROBABILITIES = ("LOSSMIX.PROB", "INPUT.RANDOM_FLIP", "LOSSMIX.MIN_VISIBLE", "MODEL.RPN.POSITIVE_FRACTION",
                   "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.IOU_THRESHOLD",
                   "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH")
@@ -137,7 +150,7 @@ def merge_from_file(cfg: CfgNode, path: str) -> None:
 
 def validate(cfg: CfgNode) -> None:
     """Reject out-of-range values at start-up (the key, the value, what is allowed)."""
-    for key, allowed in _CHOICES.items():
+    for key, allowed in choices().items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed: {', '.join(allowed)}")
     for key in _PROBABILITIES:
