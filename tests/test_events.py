@@ -11,7 +11,7 @@ from lossmix.engine.defaults import setup
 from lossmix.engine.events import CommonMetricPrinter
 from lossmix.engine.run import run as train
 
-from .helpers import make_tiny_dataset, tiny_opts
+from .helpers import jsonl_rows, make_tiny_dataset, tiny_opts
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,14 @@ def test_log_lines_tensorboard_and_the_summary_after_a_resume(names, tmp_path):
     for step, value in scalars["total_loss"]:
         assert value == pytest.approx(periodic[step]["total_loss"], rel=1e-6)  # float32 in the event file
     assert {"lr", "time", "data_time", "loss_classifier"} <= set(scalars)
+
+
+def test_metrics_rows_never_go_backwards(tmp_path):
+    from lossmix.engine.trainer import drop_rows_after
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"iteration": i, "total_loss": i}) + "\n" for i in (1, 2, 3, 4)) + '{"itera')
+    assert drop_rows_after(str(path), 2) == 3  # rows 3, 4 and the line cut by a kill
+    assert [r["iteration"] for r in jsonl_rows(path)] == [1, 2]
+    assert [json.loads(line).get("iteration") for line in open(tmp_path / "metrics.dropped.jsonl")
+            if line.startswith('{"iteration": ')] == [3, 4]

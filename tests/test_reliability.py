@@ -8,10 +8,12 @@ import time
 
 import pytest
 
+from lossmix.data.catalog import DatasetCatalog
 from lossmix.data.errors import BadSampleError
+from lossmix.data.synthetic import SYNTHETIC_CLASSES, generate
 from lossmix.engine.run import run as train
 
-from .helpers import REPO, make_tiny_dataset, tiny_cfg, tiny_opts
+from .helpers import REPO, jsonl_rows, make_tiny_dataset, tiny_cfg, tiny_opts
 
 
 @pytest.fixture()
@@ -113,22 +115,29 @@ def _wait_for(path, proc, timeout=180):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_with_the_same_losses(tmp_path, sig):
-    """Kill a training process mid-run, right after the checkpoint of an evaluation iteration; --resume continues
-    from the last complete checkpoint and its next losses equal those of an uninterrupted run with the same seed."""
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted subprocess run, shared by every signal: ``(env, names, its losses)``."""
     from lossmix.data.synthetic import generate
 
-    generate(str(tmp_path / "ds" / "synthetic"), num_train=6, num_test=2, image_size=96, domains=("source",))
+    root = tmp_path_factory.mktemp("reference")
+    generate(str(root / "ds" / "synthetic"), num_train=6, num_test=2, image_size=96, domains=("source",))
     names = {"source_train": "synthetic_source_train", "source_test": "synthetic_source_test"}
-    env = {**os.environ, "PYTHONPATH": REPO, "LOSSMIX_DATASETS": str(tmp_path / "ds")}
+    env = {**os.environ, "PYTHONPATH": REPO, "LOSSMIX_DATASETS": str(root / "ds")}
+    ref = subprocess.run(_train_cmd(names, root / "ref"), env=env, capture_output=True, cwd=REPO)
+    assert ref.returncode == 0, ref.stderr.decode()[-3000:]
+    return env, names, _losses(root / "ref")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_with_the_same_losses(tmp_path, sig, reference):
+    """Kill a training process mid-run, right after the checkpoint of an evaluation iteration; --resume continues
+    from the last complete checkpoint and its next losses equal those of an uninterrupted run with the same seed."""
+    env, names, ref_losses = reference
 
     def run(out, *flags):
         return subprocess.run(_train_cmd(names, out)[:2] + list(flags) + _train_cmd(names, out)[2:], env=env,
                               capture_output=True, cwd=REPO)
-
-    ref = run(tmp_path / "ref")
-    assert ref.returncode == 0, ref.stderr.decode()[-3000:]
 
     out = tmp_path / "cut"
     proc = subprocess.Popen(_train_cmd(names, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -139,9 +148,59 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, sig):
     assert proc.returncode != 0
     if sig == signal.SIGTERM:
         assert (out / "model_interrupted.pth").exists()  # saved on the way out
-        assert b"checkpoint saved" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert b"checkpoint saved" in err and b"rerun the same command with --resume" in err
+        assert proc.returncode == 130 and b"Traceback" not in err
     resumed = run(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
-    ref_losses, cut_losses = _losses(tmp_path / "ref"), _losses(out)
+    cut_losses = _losses(out)
     for it in range(5, 9):
         assert cut_losses[it] == ref_losses[it], it
+
+
+def _break_xml(root, image_id, text):
+    (root / "Annotations" / f"{image_id}.xml").write_text(text)
+    return str(root / "Annotations" / f"{image_id}.xml")
+
+
+def test_skip_leaves_bad_annotation_files_out_and_logs_them(tmp_path):
+    generate(str(tmp_path / "d"), seed=0, num_train=4, num_test=2, image_size=96, domains=("source",))
+    root = tmp_path / "d" / "source"
+    ids = (root / "ImageSets" / "Main" / "train.txt").read_text().split()
+    xml = (root / "Annotations" / f"{ids[0]}.xml").read_text()
+    typo = _break_xml(root, ids[0], xml.replace("<name>", "<name>Kat", 1))
+    hostile = _break_xml(root, ids[1], '<!DOCTYPE a [<!ENTITY x "y">]><annotation>&x;</annotation>')
+    names = {"source_train": "skipann_train", "source_test": "skipann_test"}
+    from lossmix.data.voc import register_voc
+
+    for split in ("train", "test"):
+        if f"skipann_{split}" not in DatasetCatalog:
+            register_voc(f"skipann_{split}", str(root), split, SYNTHETIC_CLASSES)
+    with pytest.raises(BadSampleError, match="unknown class"):
+        train(tiny_cfg(names, tmp_path / "err", **{"SOLVER.MAX_ITER": 1, "DATASETS.TEST": ()}))
+    out = tmp_path / "skip"
+    result = train(tiny_cfg(names, out, **{"SOLVER.MAX_ITER": 1, "DATASETS.TEST": (),
+                                           "DATALOADER.ON_BAD_SAMPLE": "skip"}))
+    rows = jsonl_rows(out / "bad_samples.jsonl")
+    assert {(r["file"], r["kind"], r["stage"]) for r in rows} == {(typo, "unknown_class", "train"),
+                                                                  (hostile, "hostile_xml", "train")}
+    assert result["summary"]["skipped_bad_samples"] == 2  # files
+
+
+def test_bad_sample_from_a_loader_worker_is_still_one_line(tmp_path):
+    # torch re-raises a worker's error as type(err)(message); BadSampleError used to refuse one argument, which
+    # turned it into a RuntimeError carrying the worker's whole traceback
+    from torch.utils.data import DataLoader, Dataset
+
+    from lossmix.utils.logger import one_line
+
+    class Bad(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise BadSampleError("/data/x.jpg", "truncated JPEG", kind="corrupt_image")
+
+    with pytest.raises(BadSampleError) as err:
+        next(iter(DataLoader(Bad(), num_workers=1, collate_fn=list)))
+    assert one_line(err.value) == "BadSampleError: /data/x.jpg: truncated JPEG"

@@ -1,19 +1,14 @@
 """tools/train_net.py as a user meets it: options, one-line errors, Ctrl-C."""
 from __future__ import annotations
 
-import importlib.util
-import os
+import json
 
 import pytest
 
-from .helpers import REPO
+from lossmix.config.setup import ConfigError, build_config
+from lossmix.engine.checkpoint import Checkpointer
 
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool_under_test", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .helpers import load_tool, make_tiny_dataset, tiny_cfg, tiny_opts
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +84,55 @@ def test_help_shows_every_default(name, monkeypatch, capsys):
     assert options and all(a.help for a in options), [a.dest for a in options if not a.help]  # help=None hides it
     text = " ".join(capsys.readouterr().out.split())
     assert text.split("options:")[-1].count("(default: ") == len(options)
+
+
+@pytest.fixture(scope="module")
+def names(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("train_net") / "data", num_train=4, num_test=2)
+
+
+def test_eval_only_has_its_own_folder_a_bar_and_a_log(names, tmp_path, capsys):
+    from lossmix.evaluation import format_table
+    from lossmix.modeling.build import build_detector
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "config.yaml").write_text("training config\n")
+    (run / "eval" / f"{names['source_test']}.json").write_text('{"AP50": 12.5}')
+    cfg = tiny_cfg(names, run)
+    Checkpointer(str(run), model=build_detector(cfg)).save("model_final", 6)
+    tool = load_tool("train_net")
+    args = tool.parse_args(tiny_opts(names, run) + ["--eval-only", "MODEL.WEIGHTS", str(run / "model_final.pth")])
+    results = tool.main(args)
+    assert (run / "config.yaml").read_text() == "training config\n"
+    assert json.load(open(run / "eval" / f"{names['source_test']}.json")) == {"AP50": 12.5}
+    own = run / "eval_only" / "model_final"
+    assert json.load(open(own / "eval" / f"{names['source_test']}.json")) == results[names["source_test"]]
+    assert "model_final.pth" in (own / "config.yaml").read_text()
+    log = (own / "log.txt").read_text()
+    assert f"evaluating {names['source_test']}: 2 images" in log and f"{names['source_test']}: AP50" in log
+    assert f"eval {names['source_test']}" in capsys.readouterr().err  # the tqdm bar
+    assert "AP50 (%, area)" in format_table(results[names["source_test"]]["model"])
+
+
+def test_trailing_options_are_not_swallowed_as_overrides():
+    tool = load_tool("train_net")
+    args = tool.parse_args(["--config-file", "x.yaml", "SOLVER.MAX_ITER", "10", "--resume", "--num-gpus", "2",
+                            "LOSSMIX.ALPHA", "-1"])
+    assert args.resume and args.num_gpus == 2 and args.config_file == "x.yaml"
+    assert args.opts == ["SOLVER.MAX_ITER", "10", "LOSSMIX.ALPHA", "-1"]
+    with pytest.raises(ConfigError, match="'--resum' among the KEY VALUE overrides is not a config key"):
+        build_config("", ["SOLVER.MAX_ITER", "10", "--resum", "x"])
+
+
+def test_user_mistakes_print_one_line(tmp_path, capsys):
+    tool = load_tool("train_net")
+    args = tool.parse_args(["OUTPUT_DIR", str(tmp_path), "SOLVER.NOPE", "1"])
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: KeyError: unknown config key 'SOLVER.NOPE' (from the command line)")
+    assert "Traceback" not in err
+    with pytest.raises(KeyError):
+        tool.main(tool.parse_args(["--debug", "SOLVER.NOPE", "1"]))
