@@ -490,7 +490,9 @@ def _run_record(run: compare.Run, role_runs: dict) -> dict:
               "iterations": summary.get("iterations"), "threads": sorted({a["threads"] for a in attempts}) or None,
               "wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1) if attempts else None,
               "results": {d: {"AP50": r["AP50"], "per_class": r.get("per_class", {}), "evaluated": run.evaluated[d]}
-                          for d, r in run.results.items()}}
+                          for d, r in run.results.items()},
+              # the logged training losses, so a rerun of the first iterations can be checked against the report
+              "total_loss": {str(r["iteration"]): r["total_loss"] for r in _metrics_rows(run.path) if "total_loss" in r}}
     for role, runs in role_runs.items():
         other = runs.get(run.path)
         if other is not None:
