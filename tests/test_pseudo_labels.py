@@ -1,6 +1,8 @@
 """What the teacher's pseudo-labels are worth: VOC-style matching on hand-made cases, pooling over a log period,
 the no-pseudo-label warning, the target annotations kept apart from the views, and the upper bound that gives
 the student exactly the target's labels."""
+import itertools
+import json
 import logging
 import math
 
@@ -9,11 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from lossmix.config.setup import build_config
 from lossmix.data.adaptation import build_da_loader, target_ground_truth
 from lossmix.data.catalog import DatasetCatalog
 from lossmix.data.mixer import Mixer
 from lossmix.engine.pseudo_labels import NoPseudoLabelWatch, PseudoLabelStats, count_matches, match_pseudo_labels
+from lossmix.engine.recipes import Recipe, register_recipe
 from lossmix.engine.recipes.adaptive_teacher import AdaptiveTeacherRecipe
+from lossmix.engine.run import run
 from lossmix.structures import to_xyxy
 
 from .helpers import make_tiny_dataset, tiny_cfg
@@ -240,3 +245,47 @@ def test_recipe_measures_the_teacher_and_warns_when_it_passes_nothing(names, tmp
             recipe.pseudo_label(batch["target"], it)
     assert [r.getMessage()[:13] for r in caplog.records] == ["iteration 8: "]
     assert recipe.period_metrics()["pseudo_images_without_labels"] == 1.0
+
+
+# ------------------------------------------------------------------------------------- through the trainer
+@register_recipe("test_period_counter")
+class PeriodCounterRecipe(Recipe):
+    """A one-weight recipe whose period metric counts the steps since the last logged row."""
+
+    def __init__(self):
+        self.model = nn.Linear(1, 1, bias=False)
+        self.steps = 0
+
+    @classmethod
+    def from_config(cls, cfg, *, device):
+        return cls()
+
+    @property
+    def checkpoint_modules(self):
+        return {"model": self.model}
+
+    @property
+    def trainable(self):
+        return self.model
+
+    @staticmethod
+    def build_loader(cfg, *, start_iter):
+        return itertools.repeat(None)
+
+    def losses(self, batch, iteration):
+        self.steps += 1
+        return {"loss_w": (self.model.weight ** 2).sum()}
+
+    def period_metrics(self):
+        steps, self.steps = self.steps, 0
+        return {"steps_in_period": float(steps)}
+
+
+def test_each_logged_row_carries_the_metrics_pooled_since_the_last_row(tmp_path):
+    cfg = build_config("", ["RECIPE", "test_period_counter", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
+                            "SOLVER.MAX_ITER", "7", "LOG_PERIOD", "3", "SOLVER.CHECKPOINT_PERIOD", "0",
+                            "MODEL.BACKBONE.NORM", "BN", "MODEL.BACKBONE.TRAINABLE_LAYERS", "5"])
+    run(cfg)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["iteration"], r["steps_in_period"]) for r in rows if "steps_in_period" in r] == [(3, 3.0), (6, 3.0),
+                                                                                                 (7, 1.0)]
