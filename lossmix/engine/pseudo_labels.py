@@ -126,7 +126,8 @@ class PseudoLabelStats:
     :meth:`update` once per step with that step's pseudo-labels (and the target images' ground
     truth, when the target set has annotations); :meth:`summary` returns the period's metrics and
     starts a new period. Precision and recall are pooled counts (``sum tp / sum (tp + fp)``,
-    ``sum tp / sum (tp + fn)`` over every image of the period), not means of per-step ratios.
+    ``sum tp / sum (tp + fn)`` over every image of the period), not means of per-step ratios. In a
+    multi-process run each process pools its own images and the trainer averages the processes' values.
 
     Args:
         class_names: the detector's classes in label order (per-class keys use these names).
