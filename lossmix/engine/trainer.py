@@ -194,7 +194,7 @@ class Trainer:
     def after_step(self, values: dict) -> None:
         it = self.iter + 1
         if self.log_period and (it % self.log_period == 0 or it == self.max_iter):  # every rank gets here: the logged losses are the mean over ranks
-            values = comm.mean_over_ranks(values, self.device)
+            values = comm.mean_over_ranks({**values, **self.recipe.period_metrics()}, self.device)
             self.metrics.write({"iteration": it, "lr": self.optimizer.param_groups[0]["lr"], **values})
         if self.checkpoint_period and it % self.checkpoint_period == 0 and it < self.max_iter:
             self.save(f"model_{it:07d}", it)
