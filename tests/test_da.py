@@ -259,6 +259,10 @@ def test_da_runs_end_to_end(names, full_run):
     for it in (3, 4):
         assert rows[it]["loss_dis_source"] > 0 and rows[it]["loss_dis_target"] > 0
         assert rows[it]["loss_classifier_pseudo"] > 0 and rows[it]["pseudo_labels_per_image"] > 0
+        # the tiny clipart training split is annotated: its pseudo-labels are scored (DA.PSEUDO_LABEL_METRICS auto)
+        assert 0 <= rows[it]["pseudo_precision"] <= 1 and 0 <= rows[it]["pseudo_recall"] <= 1
+        assert rows[it]["pseudo_tp"] + rows[it]["pseudo_fp"] == pytest.approx(2 * rows[it]["pseudo_labels_per_image"])
+        assert "pseudo_recall/circle" in rows[it]
         assert rows[it]["loss_box_reg_pseudo"] == 0 and rows[it]["loss_rpn_box_reg_pseudo"] == 0
     with open(folder / "eval" / f"{names['clipart_test']}.json") as f:  # {role: result}
         saved = json.load(f)
@@ -292,7 +296,8 @@ def test_resume_restores_student_and_teacher(names, full_run, tmp_path):
 # ---------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("key,value", [("DA.EMA_DECAY", "1.5"), ("DA.PSEUDO_THRESHOLD", "-0.1"),
                                        ("DA.UNSUP_LOSS_WEIGHT", "-1.0"), ("DA.MIX_PAIRS", "('source_sauce',)"),
-                                       ("DA.ENABLED", "True")])
+                                       ("DA.ENABLED", "True"), ("DA.TARGET_LABELS", "truth"),
+                                       ("DA.PSEUDO_LABEL_METRICS", "on"), ("DA.NO_PSEUDO_LABEL_WARN_ITERS", "-1")])
 def test_da_config_values_are_validated(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_config("", [key, value])

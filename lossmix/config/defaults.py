@@ -162,7 +162,7 @@ _C.DATASETS = CfgNode()
 _C.DATASETS.TRAIN = ()  # registered names of the labelled training sets (concatenated)
 _C.DATASETS.TEST = ()  # registered names evaluated by --eval-only and TEST.EVAL_PERIOD
 _C.DATASETS.TRAIN_USE_DIFFICULT = False  # keep VOC "difficult" boxes as training targets
-_C.DATASETS.TRAIN_UNLABELED = ()  # registered names of unlabelled target-domain sets (DA only); their boxes are never read
+_C.DATASETS.TRAIN_UNLABELED = ()  # registered names of unlabelled target-domain sets (DA only); their boxes never reach the student (unless DA.TARGET_LABELS ground_truth); DA.PSEUDO_LABEL_METRICS may score pseudo-labels against them
 _C.DATASETS.CUSTOM_VOC = ()  # your own VOC-format folders, registered at start-up: "NAME:FOLDER:SPLIT" entries (e.g. "pets_train:/data/pets:train")
 _C.DATASETS.CUSTOM_CLASSES = ()  # class names of every DATASETS.CUSTOM_VOC folder, in label order (e.g. ("cat", "dog"))
 _C.DATASETS.CUSTOM_METRIC = "voc_area"  # AP50 of the DATASETS.CUSTOM_VOC sets: voc_area (VOC2010+ area) | voc07 (11-point)
@@ -231,6 +231,9 @@ _C.DA.DIS_FEATURE = 2  # FPN level the discriminator sees: backbone output str(D
 _C.DA.GRL_LAMBDA = 1.0  # gradient-reversal coefficient: the backbone receives -GRL_LAMBDA x the discriminator's gradient
 _C.DA.MIX_PAIRS = ()  # LossMix pairs (need LOSSMIX.MODE != none): source_source, source_target, target_target
 _C.DA.WEIGHT_BY_SCORE = False  # pseudo-label weight = teacher score (times lambda when mixed) instead of 1
+_C.DA.TARGET_LABELS = "pseudo"  # what supervises the student's strong target views: pseudo (the teacher's pseudo-labels) | ground_truth (the target set's own annotations, weight 1, in place of pseudo-labels: an upper bound for experiments; needs annotated DATASETS.TRAIN_UNLABELED)
+_C.DA.PSEUDO_LABEL_METRICS = "auto"  # precision / recall of the pseudo-labels at IoU 0.5 (overall, per class) in metrics.jsonl: auto (when DATASETS.TRAIN_UNLABELED has annotations; read apart, never given to the student) | off
+_C.DA.NO_PSEUDO_LABEL_WARN_ITERS = 50  # warn when no teacher detection reaches DA.PSEUDO_THRESHOLD for this many iterations in a row; 0 = never
 
 
 def get_cfg() -> CfgNode:

@@ -160,7 +160,7 @@ class Trainer:
     def after_step(self, values: dict) -> None:
         it = self.iter + 1
         if self.log_period and (it % self.log_period == 0 or it == self.max_iter):  # every rank gets here: the logged losses are the mean over ranks
-            values = comm.mean_over_ranks(values, self.device)
+            values = comm.mean_over_ranks({**values, **self.recipe.period_metrics()}, self.device)
             n = max(self._timing["iters"], 1)
             row = {"iteration": it, "lr": self.optimizer.param_groups[0]["lr"], **values,
                    "time": self._timing["time"] / n, "data_time": self._timing["data_time"] / n}
