@@ -252,7 +252,7 @@ class TestDataset(Dataset):
             sample = self.mapper.load(self.dicts[i], np.random.default_rng(0))
         except BadSampleError as err:
             if self.on_bad != "skip":
-                raise
+                raise with_hint(err, "test") from None
             self.bad_log.record(err, stage="test")
             return None
         return to_model_input(sample)
