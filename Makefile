@@ -3,12 +3,13 @@ PY ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PIP_ARGS ?=  # extra pip options, e.g. a CPU-only torch index (README)
 
 .PHONY: install test demo bench benchmark clean
 
 $(STAMP): requirements.txt setup.py
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q $(PIP_ARGS) -r requirements.txt
 	$(VPY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -16,6 +16,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "numpy>=1.24",
+        "tensorboard>=2.14",  # event files for `tensorboard --logdir OUTPUT_DIR`
     ],
     extras_require={
         "analysis": ["captum>=0.7"],

@@ -63,3 +63,21 @@ def tiny_opts(names: dict, output_dir, **extra) -> list:
 
 def tiny_cfg(names: dict, output_dir, **extra):
     return build_config("", tiny_opts(names, output_dir, **extra))
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool_under_test", os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def jsonl_rows(path) -> list:
+    """The JSON objects of a ``.jsonl`` file, one per line."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -215,13 +215,12 @@ def _load_tool():
 def test_cli_writes_grids_and_table(tmp_path):
     names = make_tiny_dataset(tmp_path / "data", num_train=1, num_test=2, image_size=64)
     cfg = tiny_cfg(names, "", **{"INPUT.MIN_SIZE_TEST": 64})
-    torch.manual_seed(0)
-    weights = {"model": build_detector(cfg).state_dict()}
     runs = []
-    for run in ("run_a", "run_b"):  # the same weights twice: the table and grid layout are what is tested
+    for seed, run in enumerate(("run_a", "run_b")):  # different weights, so a mix-up between runs shows
+        torch.manual_seed(seed)
         folder = tmp_path / run
         folder.mkdir()
-        torch.save(weights, folder / "model_final.pth")
+        torch.save({"model": build_detector(cfg).state_dict()}, folder / "model_final.pth")
         (folder / "config.yaml").write_text(cfg.dump())  # as tools/train_net.py writes it
         runs.append(str(folder))
     tool = _load_tool()
@@ -240,8 +239,12 @@ def test_cli_writes_grids_and_table(tmp_path):
     first_two = [d["image_id"] for d in DatasetCatalog.get(names["source_test"]) if d["annotations"]][:2]
     assert len(set(first_two)) == 2  # the dataset's first two images with boxes, in order, for each run
     assert [(r["run"], r["image_id"]) for r in records] == [(run, i) for run in ("run_a", "run_b") for i in first_two]
-    for a, b in zip(records[:2], records[2:]):  # ground truth: the same box and map for every run
-        assert a["region_box"] == b["region_box"] and a["shares"] == b["shares"]
+    for a, b in zip(records[:2], records[2:]):  # ground truth: the same box for every run, each run its own score
+        assert a["region_box"] == b["region_box"] and a["score"] != b["score"]
+    assert tool.main(["--runs", *runs[::-1], *args[3:-4], "--output", str(tmp_path / "swapped"), *args[-2:]]) == 0
+    swapped = json.loads((tmp_path / "swapped" / "attribution.json").read_text())
+    assert sorted((r["run"], r["image_id"], r["score"], json.dumps(r["shares"])) for r in swapped) == \
+        sorted((r["run"], r["image_id"], r["score"], json.dumps(r["shares"])) for r in records)  # follows the folder
     for r in records:
         assert sum(r["shares"]["gradcam"].values()) == pytest.approx(1.0)
         assert 0 < r["area_shares"]["inside"] < 1 and 0 <= r["class"] < 6

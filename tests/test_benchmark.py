@@ -120,7 +120,7 @@ def test_plan_skips_complete_resumes_interrupted_and_flags_changed(tmp_path):
     none0, none1, none2, lossmix0 = specs[:4]
     assert none0.output_dir == os.path.join(root, "proto", "none", "seed0")
     assert none0.command("py", "train_net.py") == [
-        "py", "train_net.py", "--config-file", none0.config_file,
+        "py", "train_net.py", "--config-file", none0.config_file, "--overwrite",
         "SOLVER.MAX_ITER", "4", "SEED", "0", "OUTPUT_DIR", none0.output_dir]
     _fake_run(none0, {"synthetic_source_test": 40.0})  # complete
     _fake_run(none1, {}, summary=False, checkpoint=True)  # interrupted after a checkpoint
@@ -129,6 +129,10 @@ def test_plan_skips_complete_resumes_interrupted_and_flags_changed(tmp_path):
               config_edit=lambda c: c["LOSSMIX"].update(ALPHA=4.0))
     specs = bm.plan(proto, root)
     assert [s.state for s in specs[:4]] == ["complete", "resume", "fresh", "changed"]
+    # a mixed folder: a second run started over (its rows moved the first one's summary to metrics.dropped.jsonl)
+    # and wrote its first evaluation, beside the first run's model_final.pth: not complete
+    open(os.path.join(none2.output_dir, "model_final.pth"), "wb").close()
+    assert bm.plan(proto, root)[2].state == "fresh"
     assert specs[1].command("py", "t.py")[:5] == ["py", "t.py", "--config-file", none1.config_file, "--resume"]
     assert specs[3].changed_keys == {"LOSSMIX.ALPHA": (4.0, 1.0)}
     with pytest.raises(RuntimeError, match=r"seed0 \(entry 'lossmix', seed 0\) was trained with another config: "
@@ -343,3 +347,61 @@ def test_init_from_runs_pool_over_their_per_seed_weights(tmp_path):
         _fake_run(spec, {"synthetic_source_test": 30.0 + spec.seed + (5 if spec.entry == "at" else 0)})
     report = bm.build_report(proto, bm.plan(proto, out))
     assert report["summary"]["synthetic_source_test"]["at"]["values"] == [35.0, 36.0]
+
+
+def test_report_with_only_changed_runs_points_at_rerun_changed(tmp_path):
+    proto = bm.load_protocol(_protocol(tmp_path, PROTO))
+    root = str(tmp_path / "out")
+    lossmix0 = next(s for s in bm.plan(proto, root) if s.entry == "lossmix" and s.seed == 0)
+    _fake_run(lossmix0, {"synthetic_source_test": 40.0}, config_edit=lambda c: c["LOSSMIX"].update(ALPHA=4.0))
+    specs = bm.plan(proto, root)
+    with pytest.raises(FileNotFoundError, match=r"\(6 to train, 1 trained with another config: rerun with "
+                                                r"--rerun-changed to retrain them"):
+        bm.build_report(proto, specs)
+
+
+def test_adaptation_runs_are_drawn_over_adaptation_iterations_with_their_pseudo_labels(tmp_path):
+    """An Adaptive-Teacher entry started from a supervised one: its teacher / student curves start at adaptation
+    iteration 0 with the starting model's result, apart from the supervised curves; pseudo-label metrics from
+    metrics.jsonl pooled over seeds, tabled at the first and last row."""
+    da = '["DA.ENABLED", "True", "DATASETS.TRAIN_UNLABELED", "(\'synthetic_source_train\',)", "DA.BURN_IN_ITERS", "0"]'
+    proto = bm.load_protocol(_protocol(tmp_path, f"""
+SEEDS: [0, 1]
+OVERRIDES: ["SOLVER.MAX_ITER", "4"]
+ENTRIES:
+  - {{NAME: src, CONFIG: CONFIG_FILE}}
+  - {{NAME: at, CONFIG: CONFIG_FILE, INIT_FROM: src, OVERRIDES: {da}}}
+"""))
+    specs = bm.plan(proto, str(tmp_path / "out"))
+    test = "synthetic_source_test"
+    for spec in specs:
+        k = spec.seed
+        if spec.entry == "src":
+            _fake_run(spec, {test: 10.0 + k}, curve={2: {test: 5.0}})
+            continue
+        _fake_run(spec, {test: {"teacher": {"AP50": 20.0 + k, "per_class": {}},
+                                "student": {"AP50": 16.0 + k, "per_class": {}}}})
+        rows = [{"iteration": 2, "total_loss": 1.0, "pseudo_labels_per_image": 1.0 + k, "pseudo_precision": 0.5,
+                 "pseudo_recall": 0.2 + 0.1 * k, "pseudo_images_without_labels": 0.5},
+                {"iteration": 2, "eval": {test: {"teacher": {"AP50": 12.0 + 2 * k}, "student": {"AP50": 11.0}}}},
+                {"iteration": 4, "total_loss": 1.0, "pseudo_labels_per_image": 2.0, "pseudo_precision": 0.75,
+                 "pseudo_recall": 0.4, "pseudo_images_without_labels": 0.0},
+                {"iteration": 4, "summary": {"iterations": 4, "seconds": 3.0}}]
+        with open(os.path.join(spec.output_dir, "metrics.jsonl"), "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+    report = bm.build_report(proto, bm.plan(proto, str(tmp_path / "out")))
+    assert set(report["curves"][test]) == {"src"}  # no adaptation run on the supervised axis
+    teacher, student = report["adaptation_curves"][test]["at/teacher"], report["adaptation_curves"][test]["at/student"]
+    # 0: the src run each started from (10, 11); 2: the evaluation during adaptation; 4: the final result
+    assert teacher["iterations"] == [0, 2, 4] and teacher["mean"] == [10.5, 13.0, 20.5]
+    assert student["iterations"] == [0, 2, 4] and student["mean"] == [10.5, 11.0, 16.5]
+    assert teacher["n"] == [2, 2, 2]
+    pseudo = report["pseudo_label_curves"]
+    assert pseudo["pseudo_recall"]["at"]["iterations"] == [2, 4]
+    assert pseudo["pseudo_recall"]["at"]["mean"] == pytest.approx([0.25, 0.4])
+    assert pseudo["pseudo_labels_per_image"]["at"]["mean"] == [1.5, 2.0] and "src" not in pseudo["pseudo_recall"]
+    md = bm.to_markdown(report)
+    assert "| at | 2 (2–4) | 1.50 → 2.00 | 50% → 0% | 50% → 75% | 25% → 40% |" in md
+    written = bm.write_report(report, str(tmp_path / "docs"))
+    assert os.path.basename(written[-1]) == "proto_adaptation.png"
+    assert open(written[-1], "rb").read()[:8] == PNG_MAGIC

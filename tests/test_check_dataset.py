@@ -235,3 +235,23 @@ def test_cli_on_registered_names(tmp_path, capsys, monkeypatch):
     finally:
         DatasetCatalog.remove("test_check_voc_name")
         DatasetCatalog.remove("test_check_dicts_name")
+
+
+def test_folder_without_classes_summarises_unknown_classes_and_counts_per_class(tmp_path, capsys):
+    fruit = {f"f{i}": (xml(f"f{i}.jpg", [obj("apple", (2, 3, 20, 25))] * (i + 1) + [obj("banana", (5, 5, 15, 15))]),
+                       f"f{i}.jpg", jpeg_bytes()) for i in range(3)}
+    fruit["d"] = (xml("d.jpg", GOOD_BOX), "d.jpg", jpeg_bytes())
+    root = make_folder(tmp_path / "fruit", fruit)
+    tool = load_tool()
+    assert tool.main([str(root), "--no-images"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    unknown = [line for line in out if line.startswith("ERROR") and "unknown_class" in line]
+    assert len(unknown) == 1 and "20 VOC classes" in unknown[0] and "known classes" not in unknown[0]
+    assert "9 object(s)" in unknown[0] and "apple (6 objects in 3 images), banana (3 objects in 3 images)" in unknown[0]
+    assert "--classes apple,banana,dog" in unknown[0]
+    table = out[out.index(next(line for line in out if line.startswith("class"))):][:4]
+    assert [line.split()[:3] for line in table] == [["class", "images", "instances"], ["apple", "3", "6"],
+                                                   ["banana", "3", "3"], ["dog", "1", "1"]]
+    assert tool.main([str(root), "--no-images", "--classes", "apple,banana,dog,kiwi"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split() for line in out.splitlines() if line.startswith("kiwi")] == [["kiwi", "0", "0"]]

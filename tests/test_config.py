@@ -192,3 +192,49 @@ def test_interpolate_formulation_refuses_lossmix_weights():
     with pytest.raises(ConfigError, match=r"with LOSSMIX.MODE = 'lossmix': interpolate applies lambda itself"):
         build_config("", ["LOSSMIX.MODE", "lossmix", "LOSSMIX.FORMULATION", "interpolate"])
     assert build_config("", ["LOSSMIX.MODE", "uniform", "LOSSMIX.FORMULATION", "interpolate"]).LOSSMIX.MODE == "uniform"
+
+
+def test_choices_come_from_the_modules_that_define_them():
+    from lossmix.config import da, setup
+    from lossmix.data import errors, mixing
+    from lossmix.evaluation import voc
+    from lossmix.modeling import targets
+
+    allowed = setup.choices()
+    assert allowed["LOSSMIX.MODE"] is mixing.MODES and allowed["LOSSMIX.METHOD"] is mixing.METHODS
+    assert allowed["LOSSMIX.SALIENCY"] is mixing.SALIENCY_METHODS and allowed["LOSSMIX.PASTE"] is mixing.PASTE_MODES
+    assert allowed["LOSSMIX.FORMULATION"] is targets.FORMULATIONS is mixing.FORMULATIONS
+    assert allowed["DATALOADER.ON_BAD_SAMPLE"] is errors.ON_BAD_POLICIES is allowed["TEST.ON_BAD_SAMPLE"]
+    assert allowed["DATASETS.CUSTOM_METRIC"] is voc.VOC_METRICS
+    assert allowed["TEST.VOC07_RECALL_LEVELS"] is voc.RECALL_LEVEL_CHOICES
+    source = open(setup.__file__).read()
+    assert not any(f'"{v}"' in source for v in ("keep_aspect", "saliencymix", "spectral_residual", "cutmix",
+                                                 "voc07", "skip"))  # not retyped
+    assert da._get is setup.get_key  # one key-lookup helper
+
+
+def test_ints_for_float_keys_and_the_range_check(tmp_path):
+    cfg = build_config("", ["LOSSMIX.ALPHA", "2", "SOLVER.BASE_LR", "1", "LOSSMIX.NOISE_RANGE", "(0, 1)"])
+    assert cfg.LOSSMIX.ALPHA == 2.0 and isinstance(cfg.LOSSMIX.ALPHA, float) and cfg.SOLVER.BASE_LR == 1.0
+    assert cfg.LOSSMIX.NOISE_RANGE == (0.0, 1.0)
+    (tmp_path / "a.yaml").write_text("LOSSMIX:\n  ALPHA: 2\nSOLVER:\n  BASE_LR: 1\n")
+    cfg = build_config(str(tmp_path / "a.yaml"))
+    assert isinstance(cfg.LOSSMIX.ALPHA, float) and cfg.LOSSMIX.ALPHA == 2.0
+    with pytest.raises(ConfigError, match=r"LOSSMIX.ALPHA = -1.0; allowed: > 0"):
+        build_config("", ["LOSSMIX.ALPHA", "-1"])
+    with pytest.raises(ValueError, match="expected an integer"):
+        build_config("", ["SOLVER.MAX_ITER", "1.5"])  # floats for int keys stay refused
+
+
+def test_bare_config_names_resolve_under_configs():
+    from lossmix.config.setup import resolve_config_path
+
+    assert resolve_config_path("faster_rcnn_r50_lossmix.yaml") == os.path.join(REPO, "configs",
+                                                                                "faster_rcnn_r50_lossmix.yaml")
+    assert resolve_config_path("synthetic_lossmix").endswith(os.path.join("configs", "quickstart",
+                                                                          "synthetic_lossmix.yaml"))
+    with pytest.raises(FileNotFoundError, match=r"did you mean configs/faster_rcnn_r50_lossmix.yaml"):
+        resolve_config_path("faster_rcnn_r50_losmix.yaml")
+    with pytest.raises(FileNotFoundError, match="could be any of .*voc2clipart/faster_rcnn_r50_at.yaml.*voc2watercolor"):
+        resolve_config_path("faster_rcnn_r50_at.yaml")
+    assert build_config("faster_rcnn_r50_lossmix.yaml").LOSSMIX.MODE == "lossmix"

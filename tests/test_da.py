@@ -259,6 +259,10 @@ def test_da_runs_end_to_end(names, full_run):
     for it in (3, 4):
         assert rows[it]["loss_dis_source"] > 0 and rows[it]["loss_dis_target"] > 0
         assert rows[it]["loss_classifier_pseudo"] > 0 and rows[it]["pseudo_labels_per_image"] > 0
+        # the tiny clipart training split is annotated: its pseudo-labels are scored (DA.PSEUDO_LABEL_METRICS auto)
+        assert 0 <= rows[it]["pseudo_precision"] <= 1 and 0 <= rows[it]["pseudo_recall"] <= 1
+        assert rows[it]["pseudo_tp"] + rows[it]["pseudo_fp"] == pytest.approx(2 * rows[it]["pseudo_labels_per_image"])
+        assert "pseudo_recall/circle" in rows[it]
         assert rows[it]["loss_box_reg_pseudo"] == 0 and rows[it]["loss_rpn_box_reg_pseudo"] == 0
     with open(folder / "eval" / f"{names['clipart_test']}.json") as f:  # {role: result}
         saved = json.load(f)
@@ -275,7 +279,7 @@ def test_resume_restores_student_and_teacher(names, full_run, tmp_path):
     full_dir, _ = full_run
     train_da(tiny_cfg(names, tmp_path, **_da_opts(names, **{"SOLVER.MAX_ITER": 3})))  # cut after iteration 3
     result = train_da(tiny_cfg(names, tmp_path, **_da_opts(names)), resume=True)
-    assert result["summary"]["iterations"] == 1
+    assert result["summary"]["iterations"] == 4 and result["summary"]["iterations_this_session"] == 1
     full, cut = _rows(full_dir), _rows(tmp_path)
     losses = [k for k in full[4] if k.startswith("loss") or k == "total_loss"]
     assert "loss_classifier_pseudo" in losses
@@ -292,7 +296,24 @@ def test_resume_restores_student_and_teacher(names, full_run, tmp_path):
 # ---------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("key,value", [("DA.EMA_DECAY", "1.5"), ("DA.PSEUDO_THRESHOLD", "-0.1"),
                                        ("DA.UNSUP_LOSS_WEIGHT", "-1.0"), ("DA.MIX_PAIRS", "('source_sauce',)"),
-                                       ("DA.ENABLED", "True")])
+                                       ("DA.ENABLED", "True"), ("DA.TARGET_LABELS", "truth"),
+                                       ("DA.PSEUDO_LABEL_METRICS", "on"), ("DA.NO_PSEUDO_LABEL_WARN_ITERS", "-1")])
 def test_da_config_values_are_validated(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_config("", [key, value])
+
+
+def test_da_loader_honours_on_bad_sample(tmp_path):
+    from lossmix.data.adaptation import build_da_loader
+    from lossmix.data.errors import BadSampleError
+
+    own = make_tiny_dataset(tmp_path / "data", num_train=3, num_test=1, domains=("source", "clipart"))
+    xml = tmp_path / "data" / "clipart" / "Annotations" / "clipart_train_00001.xml"
+    xml.write_text("<annotation>")
+    with pytest.raises(BadSampleError, match="malformed XML.*DATALOADER.ON_BAD_SAMPLE skip"):
+        build_da_loader(tiny_cfg(own, tmp_path / "error", **_da_opts(own)))
+    (tmp_path / "skip").mkdir()
+    loader = build_da_loader(tiny_cfg(own, tmp_path / "skip", **_da_opts(own, **{"DATALOADER.ON_BAD_SAMPLE": "skip"})))
+    assert len(loader.dataset.target) == 2  # the bad annotation file is left out, the run goes on
+    rows = [json.loads(line) for line in open(tmp_path / "skip" / "bad_samples.jsonl")]
+    assert [(r["file"], r["kind"], r["dataset"]) for r in rows] == [(str(xml), "malformed_xml", own["clipart_train"])]

@@ -64,3 +64,23 @@ def test_two_process_adaptive_teacher_resume_restores_every_ranks_rng(tmp_path):
     for it in (4, 5):
         for key in ("total_loss", "loss_classifier", "loss_objectness", "loss_classifier_pseudo"):
             assert cut[it][key] == pytest.approx(full[it][key], rel=1e-6, abs=1e-8), (it, key)
+
+
+def _mean_worker(rank, out):
+    import torch.distributed as dist
+
+    from lossmix.utils import comm
+
+    dist.init_process_group("gloo", init_method=f"file://{out}.init", rank=rank, world_size=2)
+    try:
+        mean = comm.mean_over_ranks({"total_loss": 1.0 + rank, "loss_a": 10.0 * rank}, torch.device("cpu"))
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(mean, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_logged_losses_are_the_mean_over_ranks(tmp_path):
+    torch.multiprocessing.spawn(_mean_worker, args=(str(tmp_path / "mean"),), nprocs=2)
+    for rank in (0, 1):
+        assert json.load(open(tmp_path / f"mean.{rank}")) == {"loss_a": 5.0, "total_loss": 1.5}

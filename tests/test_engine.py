@@ -46,7 +46,8 @@ def test_training_reduces_loss_on_a_repeated_batch(names, tmp_path):
                                   scheduler=build_scheduler(cfg, opt), data_loader=iter(lambda: batch, None), device=cpu,
                                   checkpointer=Checkpointer(str(tmp_path), model=model))
     trainer.train()
-    assert not hasattr(trainer, "history")  # nothing per iteration is kept in memory: metrics.jsonl has it
+    kept = [k for k, v in vars(trainer).items() if isinstance(v, (list, dict, tuple)) and len(v) >= cfg.SOLVER.MAX_ITER]
+    assert kept == []  # nothing per iteration is kept in memory: metrics.jsonl has it
     losses = [row["total_loss"] for _, row in sorted(_metrics(tmp_path).items())]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
 
@@ -56,8 +57,10 @@ def test_resume_continues_at_the_right_iteration_with_the_same_lr_and_losses(nam
     train(tiny_cfg(names, full_dir))
     train(tiny_cfg(names, cut_dir, **{"SOLVER.MAX_ITER": 3}))  # a run cut after iteration 3
     assert (cut_dir / "last_checkpoint").read_text() == "model_final.pth"
+    (cut_dir / "model_interrupted.pth").write_bytes((cut_dir / "model_final.pth").read_bytes())  # as Ctrl-C leaves
     result = train(tiny_cfg(names, cut_dir), resume=True)
-    assert result["summary"]["iterations"] == 3
+    assert not (cut_dir / "model_interrupted.pth").exists()  # the run it saved has finished
+    assert result["summary"]["iterations"] == 6 and result["summary"]["iterations_this_session"] == 3
     full, cut = _metrics(full_dir), _metrics(cut_dir)
     for it in (4, 5, 6):
         assert cut[it]["lr"] == pytest.approx(full[it]["lr"], rel=1e-12)
@@ -186,3 +189,33 @@ def test_evaluation_restores_each_submodule_mode_and_the_random_streams():
     assert model.training and model[0].training and not model[1].training
     got = (torch.rand(2), np.random.rand(), random.random())
     assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+def test_a_new_run_in_a_folder_holding_a_run_is_refused_or_overwritten(names, tmp_path, capsys):
+    import importlib.util
+
+    from .helpers import REPO, tiny_opts
+
+    spec = importlib.util.spec_from_file_location("train_net_tool_engine", os.path.join(REPO, "tools", "train_net.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "run"
+    opts = tiny_opts(names, out, **{"SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 0})
+    tool.main(tool.parse_args(opts))
+    final = (out / "model_final.pth").read_bytes()
+    evals = (out / "eval" / f"{names['source_test']}.json").read_text()
+    config = (out / "config.yaml").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(tool.parse_args(opts + ["SEED", "1"]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: RunFolderError: OUTPUT_DIR {out} already holds a run (")
+    assert "add --resume to continue it, set OUTPUT_DIR to a new folder, or add --overwrite" in err
+    assert (out / "model_final.pth").read_bytes() == final and (out / "config.yaml").read_text() == config
+    assert (out / "eval" / f"{names['source_test']}.json").read_text() == evals  # nothing of the run touched
+    tool.main(tool.parse_args(opts + ["SEED", "1", "--overwrite"]))
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["iteration"] for r in rows if "total_loss" in r] == [1, 2]  # one run's rows, not two
+    assert not (out / "metrics.dropped.jsonl").exists()
+    assert "SEED: 1" in (out / "config.yaml").read_text()

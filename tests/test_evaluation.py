@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from lossmix.data.catalog import DatasetCatalog
+from lossmix.data.errors import BadSampleError
+from lossmix.data.synthetic import SYNTHETIC_CLASSES
 from lossmix.evaluation import COCOEvaluator, VOCDetectionEvaluator, evaluate_class, format_table, voc_ap
 from lossmix.utils import comm
+
+from .helpers import jsonl_rows, make_tiny_dataset, tiny_cfg
 
 
 def _record(image_id, boxes=(), labels=(), difficult=None, size=100):
@@ -331,3 +336,40 @@ def test_coco_no_predictions():
     assert evaluator.evaluate()["AP"] == 0.0
     with pytest.raises(ValueError, match="'x'"):
         evaluator.process([{"image_id": "x"}], [_output([], [], [])])
+
+
+@pytest.fixture(scope="module")
+def names(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("evaluation") / "data", num_train=4, num_test=2)
+
+
+def test_test_time_bad_image_policy(names, tmp_path):
+    from lossmix.data.catalog import MetadataCatalog
+    from lossmix.engine.inference import evaluate_dataset
+    from lossmix.modeling.build import build_detector
+
+    meta = MetadataCatalog.get(names["source_test"])
+    dicts = DatasetCatalog.get(names["source_test"])
+    jpg = dicts[0]["file_name"]
+    backup = open(jpg, "rb").read()
+    try:
+        open(jpg, "wb").write(backup[: len(backup) // 2])
+        cfg = tiny_cfg(names, tmp_path)
+        model = build_detector(cfg)
+        with pytest.raises(BadSampleError, match=r"truncated JPEG.*\(TEST.ON_BAD_SAMPLE skip leaves bad files out"):
+            evaluate_dataset(cfg, model, names["source_test"], torch.device("cpu"))
+        cfg = tiny_cfg(names, tmp_path, **{"TEST.ON_BAD_SAMPLE": "skip"})
+        result = evaluate_dataset(cfg, model, names["source_test"], torch.device("cpu"))
+        assert result["num_images"] == len(dicts)  # still scored: the bad image's boxes count as misses
+        assert [(r["file"], r["stage"]) for r in jsonl_rows(tmp_path / "bad_samples.jsonl")] == [(jpg, "test")]
+    finally:
+        open(jpg, "wb").write(backup)
+    assert meta.thing_classes == list(SYNTHETIC_CLASSES)
+
+
+def test_recall_levels_key_reaches_the_evaluator(names, tmp_path):
+    from lossmix.engine.inference import build_evaluator
+
+    assert not build_evaluator(tiny_cfg(names, tmp_path), names["source_test"])._exact_recall_levels
+    cfg = tiny_cfg(names, tmp_path, **{"TEST.VOC07_RECALL_LEVELS": "exact"})
+    assert build_evaluator(cfg, names["source_test"])._exact_recall_levels

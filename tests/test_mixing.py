@@ -482,14 +482,33 @@ def test_bad_arguments(pair):
         M.mix_pair(dict(a, classes=np.array([1])), b, mode="lossmix", method="mixup", lam=0.5, rng=None)
 
 
-@pytest.mark.parametrize("method", M.METHODS)
-def test_deterministic_for_seed(pair, method):
+def test_cutmix_patch_follows_the_generator(pair):
     a, b = pair
-    outs = [M.mix_pair(a, b, mode="lossmix", method=method, lam=0.55, rng=np.random.default_rng(9))
-            for _ in range(2)]
-    for key in ("image", "boxes", "classes", "weights", "from_partner"):
-        np.testing.assert_array_equal(outs[0][key], outs[1][key])
-    assert outs[0]["patch"] == outs[1]["patch"]
+
+    def patch(seed):
+        return M.mix_pair(a, b, mode="lossmix", method="cutmix", lam=0.55, rng=np.random.default_rng(seed))["patch"]
+
+    assert patch(9) == patch(9)  # same seed, same patch
+    assert len({patch(seed) for seed in range(6)}) > 1  # and the generator is what places it
+
+
+def test_saliencymix_breaks_ties_with_the_generator(pair):
+    a, _ = pair
+    flat = dict(a, image=_const(a["image"].shape[0], a["image"].shape[1], 90))  # every cell is a peak
+
+    def patch(seed):
+        return M.mix_pair(a, flat, mode="lossmix", method="saliencymix", lam=0.55,
+                          rng=np.random.default_rng(seed))["patch"]
+
+    assert patch(3) == patch(3) and len({patch(seed) for seed in range(6)}) > 1
+
+
+def test_mixup_with_a_given_lambda_draws_nothing(pair):
+    a, b = pair
+    rng = np.random.default_rng(9)
+    before = rng.bit_generator.state
+    M.mix_pair(a, b, mode="lossmix", method="mixup", lam=0.55, rng=rng)
+    assert rng.bit_generator.state == before  # deterministic given lambda: nothing to seed
 
 
 @pytest.mark.parametrize("mode", M.MODES)
@@ -511,6 +530,10 @@ def test_empty_boxes_everywhere(mode, method):
     b2 = dict(b, boxes=np.array([[1, 1, 20, 20]], np.float32), classes=np.array([0]))
     out = M.mix_pair(a, b2, mode=mode, method=method, lam=0.4, rng=rng, noise_weight=0.2)
     assert out["boxes"].shape[1] == 4 and out["from_partner"].all()
+    if mode in ("lossmix", "uniform") and method == "mixup":
+        assert len(out["from_partner"]) == 1  # B's box is kept: all() above is not vacuous
+    elif mode in ("none", "noise"):
+        assert len(out["from_partner"]) == 0  # B brings no boxes
 
 
 def test_helpers_accept_empty_boxes():

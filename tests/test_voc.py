@@ -500,3 +500,34 @@ def test_dtd_hidden_by_a_non_ascii_encoding_is_still_refused(tmp_path, encoding)
     assert b"<!DOCTYPE" not in data
     err = parse_error(str(path))
     assert err.kind in ("hostile_xml", "malformed_xml") and "lollol" not in str(err)
+
+
+def _jpeg(tmp_path, name, tail=b""):
+    ok, encoded = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    (tmp_path / name).write_bytes(encoded.tobytes() + tail)
+    return tmp_path / name, encoded.tobytes()
+
+
+def test_jpeg_with_a_trailer_is_read_and_truncation_still_refused(tmp_path):
+    path, data = _jpeg(tmp_path, "motion.jpg", b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    assert read_image(path).shape == (32, 48, 3)
+    for cut in (len(data) - 2, len(data) * 2 // 3):
+        (tmp_path / "cut.jpg").write_bytes(data[:cut] + b"\x00" * 50)
+        with pytest.raises(BadSampleError, match="truncated JPEG"):
+            read_image(tmp_path / "cut.jpg")
+
+
+def test_image_path_from_the_id_and_odd_truncated_flags(tmp_path):
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    _jpeg(tmp_path / "JPEGImages", "000001.jpg")
+    xml = tmp_path / "Annotations" / "000001.xml"
+    xml.write_text("<annotation><filename>IMG_1234.JPG</filename><size><width>48</width><height>32</height></size>"
+                   "<object><name>cat</name><truncated>2</truncated><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                   "<xmax>10</xmax><ymax>10</ymax></bndbox></object></annotation>")
+    record = parse_voc_xml(xml, ["cat"])
+    assert record["file_name"] == str(tmp_path / "JPEGImages" / "000001.jpg")  # not the stale IMG_1234.JPG
+    assert record["annotations"][0]["bbox"] == [0.0, 0.0, 10.0, 10.0] and "truncated" not in record["annotations"][0]
+    os.remove(tmp_path / "JPEGImages" / "000001.jpg")
+    _jpeg(tmp_path / "JPEGImages", "IMG_1234.JPG")
+    assert parse_voc_xml(xml, ["cat"])["file_name"] == str(tmp_path / "JPEGImages" / "IMG_1234.JPG")

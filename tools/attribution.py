@@ -39,7 +39,7 @@ from lossmix.analysis.attribution import (  # noqa: E402
     AUTO_LAYER, METHODS, REGIONS, box_shares, detect_with_proposals, explain, summarize_shares,
 )
 from lossmix.config.setup import build_config  # noqa: E402
-from lossmix.data.catalog import DatasetCatalog  # noqa: E402
+from lossmix.data.catalog import DatasetCatalog, MetadataCatalog  # noqa: E402
 from lossmix.data.mapper import LossMixDatasetMapper  # noqa: E402
 from lossmix.engine.trainer import resolve_device  # noqa: E402
 from lossmix.modeling.build import build_detector  # noqa: E402
@@ -49,7 +49,8 @@ DISPLAY_PERCENTILE = 99.5  # heat maps are shown up to this percentile: gradient
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, metavar="DIR",
                         help=f"run folders, each with {CONFIG_NAME} and {WEIGHTS_NAME}")
     parser.add_argument("--dataset", required=True, help="a registered dataset name, e.g. synthetic_source_test")
@@ -62,11 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ring = the box grown by RING x its width/height on each side, minus the box")
     parser.add_argument("--gradcam-layer", default=AUTO_LAYER,
                         help="module path, e.g. backbone.body.layer4; 'auto': the FPN level the box is pooled from")
-    parser.add_argument("--ig-steps", type=int, default=32)
-    parser.add_argument("--smoothgrad-samples", type=int, default=16)
+    parser.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients: steps from the black baseline")
+    parser.add_argument("--smoothgrad-samples", type=int, default=16, help="SmoothGrad: noisy copies averaged")
     parser.add_argument("--smoothgrad-stdev", type=float, default=0.1, help="noise std in 0-1 pixel units")
     parser.add_argument("--batch-size", type=int, default=16, help="copies per forward for IG / SmoothGrad")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where the models run")
     return parser.parse_args(argv)
 
 
@@ -83,13 +84,20 @@ def pick_images(dicts: list[dict], num_images: int, need_boxes: bool) -> list[di
     return chosen[:num_images]
 
 
+def run_config(folder: str, opts=()):
+    """The config a run folder was trained with (its ``config.yaml``), with ``opts`` on top."""
+    config = os.path.join(folder, CONFIG_NAME)
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"run folder {folder!r} has no {CONFIG_NAME}")
+    return build_config(config, list(opts))
+
+
 def load_run(folder: str, device: torch.device):
     """``(model in eval mode, test mapper)`` of a run folder."""
-    config, weights = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
-    for path in (config, weights):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"run folder {folder!r} has no {os.path.basename(path)}")
-    cfg = build_config(config, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", device.type])
+    weights = os.path.join(folder, WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"run folder {folder!r} has no {WEIGHTS_NAME}")
+    cfg = run_config(folder, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", device.type])
     model = build_detector(cfg).to(device).eval()
     return model, LossMixDatasetMapper.from_config(cfg, is_train=False)
 
@@ -120,10 +128,15 @@ def analyse(args, methods: list[str]) -> tuple[list[str], list[list[dict]]]:
     except ImportError as err:
         if err.name != "lossmix.data.builtin":
             raise
+    from lossmix.data.builtin import register_custom
+
+    for folder in args.runs:  # a run's own datasets (DATASETS.CUSTOM_VOC in its config.yaml), as training registered them
+        register_custom(run_config(folder))
     device = resolve_device(args.device)
     dicts = pick_images(DatasetCatalog.get(args.dataset), args.num_images, args.source == "gt")
     if not dicts:
         raise ValueError(f"dataset {args.dataset!r} has no images to explain")
+    class_names = MetadataCatalog.get(args.dataset).get("thing_classes") or []
     settings = dict(ig_steps=args.ig_steps, smoothgrad_samples=args.smoothgrad_samples,
                     smoothgrad_stdev=args.smoothgrad_stdev, internal_batch_size=args.batch_size)
     cells = []
@@ -140,13 +153,15 @@ def analyse(args, methods: list[str]) -> tuple[list[str], list[list[dict]]]:
                 explanation = explain(model, image, pooled, label, methods=methods,
                                       gradcam_layer=args.gradcam_layer, **settings)
                 area = box_shares(torch.ones(image.shape[-2:]), region, ring=args.ring)  # an evenly spread map
+                name = class_names[label - 1] if 0 < label <= len(class_names) else f"class {label - 1}"
                 cell.update(pooled_box=explanation.box, region_box=[float(v) for v in region], **{"class": label - 1},
+                            class_name=name,
                             score=explanation.score, reported_score=reported, gradcam_layer=explanation.gradcam_layer,
                             maps={m: h.numpy() for m, h in explanation.maps.items()},
                             shares={m: box_shares(h, region, ring=args.ring) for m, h in explanation.maps.items()},
                             area_shares=area)
             row.append(cell)
-            what = f"class {cell['class']}, score {cell['score']:.3f}" if "maps" in cell else "nothing to explain"
+            what = f"{cell['class_name']}, score {cell['score']:.3f}" if "maps" in cell else "nothing to explain"
             print(f"[{run_name(folder)}] {index + 1}/{len(dicts)} {cell['image_id']}: {what}", flush=True)
         cells.append(row)
         del model
@@ -232,7 +247,7 @@ def draw_grids(args, names, cells, methods) -> list[str]:
                 x1, y1, x2, y2 = cell["region_box"]
                 ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=1.5))
                 share = cell["shares"][method]["inside"]
-                ax.set_xlabel(f"class {cell['class']}  p={cell['score']:.2f}  in box {share:.2f}", fontsize=8)
+                ax.set_xlabel(f"{cell['class_name']}  p={cell['score']:.2f}  in box {share:.2f}", fontsize=8)
         fig.suptitle(f"{method} ({args.source})", fontsize=11)
         fig.tight_layout()
         path = os.path.join(args.output, f"attribution_{method}.png")

@@ -22,7 +22,8 @@ except ImportError:  # runnable from a checkout without installing
 from lossmix.data.catalog import DatasetCatalog, MetadataCatalog  # noqa: E402
 from lossmix.data.errors import BadSampleError  # noqa: E402
 from lossmix.data.validate import (  # noqa: E402
-    Problem, check_dataset_dicts, check_voc_folder, format_problem, format_summary,
+    Problem, check_dataset_dicts, check_voc_folder, collapse_unknown_classes, format_class_counts, format_problem,
+    format_summary, voc_class_counts,
 )
 from lossmix.data.voc import VOC_CLASSES  # noqa: E402
 
@@ -66,10 +67,18 @@ def _register_builtin() -> None:
             raise
 
 
-def check_target(target: str, classes, split, check_images: bool) -> list[Problem]:
-    """Problems of one folder or registered dataset; raises KeyError for an unknown name."""
+def check_target(target: str, classes, split, check_images: bool, *, classes_given: bool = True,
+                 counts: dict | None = None) -> list[Problem]:
+    """Problems of one folder or registered dataset; raises KeyError for an unknown name. ``counts`` (a dict)
+    receives ``{"classes": [...], "counts": {class: (images, instances)}}`` for VOC-format targets."""
     if os.path.isdir(target):
-        return check_voc_folder(target, split, classes, check_images=check_images)
+        found = check_voc_folder(target, split, classes, check_images=check_images)
+        per_class = voc_class_counts(target, split)
+        if counts is not None:
+            counts.update(classes=list(classes) if classes_given else None, counts=per_class)
+        if not classes_given:  # the VOC default: one line for the folder's own classes, not one per object
+            found = collapse_unknown_classes(found, per_class, classes, target, what="the 20 VOC classes")
+        return found
     _register_builtin()
     if target not in DatasetCatalog:
         known = ", ".join(sorted(DatasetCatalog)) or "none"
@@ -77,6 +86,8 @@ def check_target(target: str, classes, split, check_images: bool) -> list[Proble
     meta = MetadataCatalog.get(target)
     if meta.get("dirname") and meta.get("split") and meta.get("thing_classes"):
         # A VOC-format registration: check the folder itself, which reports every bad file.
+        if counts is not None:
+            counts.update(classes=list(meta.thing_classes), counts=voc_class_counts(meta.dirname, meta.split))
         return check_voc_folder(meta.dirname, meta.split, meta.thing_classes, check_images=check_images)
     try:
         dicts = DatasetCatalog.get(target)
@@ -103,14 +114,18 @@ def main(argv=None) -> int:
             return 2
         targets = targets or names
     for target in targets:
+        counts: dict = {}
         try:
-            found = check_target(target, classes, args.split, not args.no_images)
+            found = check_target(target, classes, args.split, not args.no_images,
+                                 classes_given=args.classes is not None, counts=counts)
         except KeyError as err:
             print(f"error: {err.args[0]}", file=sys.stderr)
             return 2
         print(f"== {target}: {len(found)} problem(s)")
         for problem in found:
             print(format_problem(problem))
+        if counts.get("counts") is not None:
+            print(format_class_counts(counts["counts"], counts["classes"]))
         problems.extend(found)
     print()
     print(format_summary(problems))

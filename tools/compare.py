@@ -34,13 +34,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     # the overrides start at the first KEY-looking token (list options would swallow them otherwise)
     split = next((i for i, tok in enumerate(argv) if _KEY.match(tok)), len(argv))
     argv, opts = argv[:split], argv[split:]
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = type("HelpFormatter", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {})
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs", nargs="+", metavar="DIR", help="run folders (or folders of seed<k>/ run folders)")
     src.add_argument("--configs", nargs="+", metavar="CFG", help="config files to train for each seed, then compare")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds for --configs (default: 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds for --configs")
     p.add_argument("--output-root", default="output/compare", help="where --configs runs go")
-    p.add_argument("--output", default=None, help="folder for compare.md / compare.png")
+    p.add_argument("--output", default=None, help="folder for compare.md / compare.png (None: --output-root with --configs, else the working directory)")
     p.add_argument("--skip-existing", action="store_true",
                    help="with --configs: do not retrain a run whose eval/ already has every DATASETS.TEST result")
     p.add_argument("--group-by", choices=GROUP_BY, default="auto",

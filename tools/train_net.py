@@ -34,6 +34,9 @@ def parse_args(argv=None):
                         "*.damaged); stops if none loads but OUTPUT_DIR holds a run")
     p.add_argument("--allow-fresh", action="store_true",
                    help="with --resume: start from iteration 0 when no checkpoint loads, instead of stopping")
+    p.add_argument("--overwrite", action="store_true",
+                   help="without --resume: delete the checkpoints, metrics and evaluations of a run already in "
+                        "OUTPUT_DIR and start over (otherwise such a folder is refused)")
     p.add_argument("--num-gpus", type=int, default=1, help="processes to launch (NCCL on GPUs, gloo on CPU)")
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of configuration and data errors (always written to log.txt)")
@@ -50,9 +53,10 @@ def main(args):
     from lossmix.utils.logger import report_user_errors
 
     with report_user_errors(debug=args.debug):
-        cfg = setup(args.config_file, args.opts, eval_only=args.eval_only)
-        results = run(cfg, resume=args.resume, allow_fresh=args.allow_fresh,
-                      eval_only=args.eval_only)["results"]  # {dataset: {role: result}}
+        cfg = setup(args.config_file, args.opts, eval_only=args.eval_only,
+                    resume=None if args.resume or args.overwrite else False)
+        results = run(cfg, resume=args.resume, allow_fresh=args.allow_fresh, eval_only=args.eval_only,
+                      overwrite=args.overwrite)["results"]  # {dataset: {role: result}}
     if comm.is_main_process():
         for name, per_role in results.items():
             for role, r in per_role.items():

@@ -1,20 +1,14 @@
 """Validation of the domain-adaptation keys (``DA.*``, ``DATASETS.TRAIN_UNLABELED``); registered on import."""
 from __future__ import annotations
 
-from .setup import ConfigError, register_validator
+from .setup import ConfigError, get_key as _get, register_validator
 
 MIX_PAIR_KINDS = ("source_source", "source_target", "target_target")  # the LossMix pairs of DA.MIX_PAIRS
 
+_CHOICES = {"DA.TARGET_LABELS": ("pseudo", "ground_truth"), "DA.PSEUDO_LABEL_METRICS": ("auto", "off")}
 _UNIT_INTERVAL = ("DA.EMA_DECAY", "DA.PSEUDO_THRESHOLD")
 _NON_NEGATIVE = ("DA.BURN_IN_ITERS", "DA.PSEUDO_BOX_WEIGHT", "DA.UNSUP_LOSS_WEIGHT", "DA.DIS_LOSS_WEIGHT",
                  "DA.GRL_LAMBDA")
-
-
-def _get(cfg, key):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 @register_validator
@@ -36,5 +30,11 @@ def validate_da(cfg) -> None:
         raise ConfigError(f"DA.DIS_FEATURE = {cfg.DA.DIS_FEATURE!r}; allowed: an FPN level index >= 0 (e.g. 2)")
     if not isinstance(cfg.DA.WEIGHT_BY_SCORE, bool):
         raise ConfigError(f"DA.WEIGHT_BY_SCORE = {cfg.DA.WEIGHT_BY_SCORE!r}; allowed: True or False")
+    for key, allowed in _CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed: {', '.join(allowed)}")
+    warn = cfg.DA.NO_PSEUDO_LABEL_WARN_ITERS
+    if isinstance(warn, bool) or not isinstance(warn, int) or warn < 0:
+        raise ConfigError(f"DA.NO_PSEUDO_LABEL_WARN_ITERS = {warn!r}; allowed: an int >= 0 (0 = never warn)")
     if cfg.DA.ENABLED and not cfg.DATASETS.TRAIN_UNLABELED:
         raise ConfigError("DA.ENABLED = True but DATASETS.TRAIN_UNLABELED is empty; name the unlabelled target set(s)")

@@ -20,6 +20,60 @@ def coerce_numbers(value, default):
     return value
 
 
+class ConfigError(ValueError):
+    """A config value out of range or of the wrong type: the message names the key, the value and what is allowed."""
+
+
+def leaf_keys(node, prefix: str = "") -> list[str]:
+    """Every full key under ``node`` (``"SOLVER.MAX_ITER"``, ...)."""
+    keys = []
+    for k, v in node.items():
+        keys += leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return keys
+
+
+def unknown_key(full_key: str, root, where: str) -> KeyError:
+    """``KeyError`` naming ``full_key`` and ``where`` it came from, with the closest existing keys."""
+    import difflib
+
+    known = leaf_keys(root)
+    close = difflib.get_close_matches(full_key, known, n=3, cutoff=0.6)
+    if not close:  # a typo in the last part only: compare within the same section
+        head, _, last = full_key.rpartition(".")
+        section = [k for k in known if k.rpartition(".")[0] == head]
+        close = [f"{head}.{m}" for m in difflib.get_close_matches(
+            last, [k.rpartition(".")[2] for k in section], n=3, cutoff=0.6)]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return KeyError(f"unknown config key {full_key!r} ({where}){hint}")
+
+
+def _describe(default) -> str:
+    if isinstance(default, bool):
+        return "True or False"
+    if isinstance(default, int):
+        return f"an integer, like {default}"
+    if isinstance(default, float):
+        return f"a number, like {default}"
+    if isinstance(default, str):
+        return f"a string, like {default!r}"
+    if isinstance(default, (list, tuple)):
+        return f"a {'tuple' if isinstance(default, tuple) else 'list'}, like {default!r}"
+    return type(default).__name__
+
+
+def check_value_type(full_key: str, value, default, where: str) -> None:
+    """``ConfigError`` unless yacs would accept ``value`` for a key whose default is ``default`` (same type,
+    list <-> tuple, or None on either side), naming the key, the value and the expected type."""
+    if type(value) is type(default) or value is None or default is None:
+        return
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return
+    example = ""
+    if isinstance(default, (list, tuple)) and isinstance(value, str):
+        example = f", e.g. \"('{value}',)\" for one entry"
+    raise ConfigError(f"{full_key} = {value!r} ({where}): expected {_describe(default)}{example}")
+
+
 class CfgNode(_FvCfgNode):
     """fvcore's CfgNode (yacs + ``_BASE_`` inheritance); unknown keys raise ``KeyError`` naming the key.
 
@@ -27,18 +81,26 @@ class CfgNode(_FvCfgNode):
     """
 
     def merge_from_other_cfg(self, cfg_other):
-        _coerce_tree(cfg_other, self)
+        _coerce_tree(cfg_other, self, root=self)
         return super().merge_from_other_cfg(cfg_other)
 
 
-def _coerce_tree(other, defaults) -> None:
+def _coerce_tree(other, defaults, *, root, prefix: str = "") -> None:
+    """Ints for float keys (:func:`coerce_numbers`); unknown keys and wrong types raise one line naming the key."""
     for key, value in list(other.items()):
+        full_key = prefix + key
+        if key == "_BASE_" and not prefix:
+            continue
         if key not in defaults:
-            continue  # an unknown key: yacs names it
+            raise unknown_key(full_key, root, "in a YAML file")
         if isinstance(value, dict) and isinstance(defaults[key], dict):
-            _coerce_tree(value, defaults[key])
+            _coerce_tree(value, defaults[key], root=root, prefix=full_key + ".")
+        elif isinstance(defaults[key], dict):
+            raise ConfigError(f"{full_key} = {value!r} (in a YAML file): expected a section of keys "
+                              f"({', '.join(list(defaults[key])[:4])}, ...)")
         else:
-            other[key] = coerce_numbers(value, defaults[key])
+            other[key] = coerce_numbers(_FvCfgNode._decode_cfg_value(value), defaults[key])  # "(1, 2)" as yacs reads it
+            check_value_type(full_key, other[key], defaults[key], "in a YAML file")
 
 
 _C = CfgNode()
@@ -100,7 +162,7 @@ _C.DATASETS = CfgNode()
 _C.DATASETS.TRAIN = ()  # registered names of the labelled training sets (concatenated)
 _C.DATASETS.TEST = ()  # registered names evaluated by --eval-only and TEST.EVAL_PERIOD
 _C.DATASETS.TRAIN_USE_DIFFICULT = False  # keep VOC "difficult" boxes as training targets
-_C.DATASETS.TRAIN_UNLABELED = ()  # registered names of unlabelled target-domain sets (DA only); their boxes are never read
+_C.DATASETS.TRAIN_UNLABELED = ()  # registered names of unlabelled target-domain sets (DA only); their boxes never reach the student (unless DA.TARGET_LABELS ground_truth); DA.PSEUDO_LABEL_METRICS may score pseudo-labels against them
 _C.DATASETS.CUSTOM_VOC = ()  # your own VOC-format folders, registered at start-up: "NAME:FOLDER:SPLIT" entries (e.g. "pets_train:/data/pets:train")
 _C.DATASETS.CUSTOM_CLASSES = ()  # class names of every DATASETS.CUSTOM_VOC folder, in label order (e.g. ("cat", "dog"))
 _C.DATASETS.CUSTOM_METRIC = "voc_area"  # AP50 of the DATASETS.CUSTOM_VOC sets: voc_area (VOC2010+ area) | voc07 (11-point)
@@ -169,6 +231,9 @@ _C.DA.DIS_FEATURE = 2  # FPN level the discriminator sees: backbone output str(D
 _C.DA.GRL_LAMBDA = 1.0  # gradient-reversal coefficient: the backbone receives -GRL_LAMBDA x the discriminator's gradient
 _C.DA.MIX_PAIRS = ()  # LossMix pairs (need LOSSMIX.MODE != none): source_source, source_target, target_target
 _C.DA.WEIGHT_BY_SCORE = False  # pseudo-label weight = teacher score (times lambda when mixed) instead of 1
+_C.DA.TARGET_LABELS = "pseudo"  # what supervises the student's strong target views: pseudo (the teacher's pseudo-labels) | ground_truth (the target set's own annotations, weight 1, in place of pseudo-labels: an upper bound for experiments; needs annotated DATASETS.TRAIN_UNLABELED)
+_C.DA.PSEUDO_LABEL_METRICS = "auto"  # precision / recall of the pseudo-labels at IoU 0.5 (overall, per class) in metrics.jsonl: auto (when DATASETS.TRAIN_UNLABELED has annotations; read apart, never given to the student) | off
+_C.DA.NO_PSEUDO_LABEL_WARN_ITERS = 50  # warn when no teacher detection reaches DA.PSEUDO_THRESHOLD for this many iterations in a row; 0 = never
 
 
 def get_cfg() -> CfgNode:

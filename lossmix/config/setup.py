@@ -6,26 +6,39 @@ import glob
 import logging
 import os
 
-from .defaults import CfgNode, coerce_numbers, get_cfg
+from .defaults import CfgNode, ConfigError, check_value_type, coerce_numbers, get_cfg, unknown_key  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 NOT_LOSSMIX_CONFIGS = ("d2", "benchmark")  # detectron2-format configs and benchmark protocols: never a train_net config
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
-_CHOICES = {
-    "LOSSMIX.MODE": ("none", "uniform", "noise", "lossmix"),
-    "LOSSMIX.METHOD": ("mixup", "cutmix", "saliencymix"),
-    "LOSSMIX.FORMULATION": ("instance", "interpolate"),
-    "LOSSMIX.SALIENCY": ("fine_grained", "spectral_residual"),
-    "LOSSMIX.PASTE": ("stretch", "keep_aspect"),
-    "DATALOADER.ON_BAD_SAMPLE": ("error", "skip"),
-    "MODEL.DEVICE": ("auto", "cpu", "cuda"),
-    "TEST.METRIC": ("auto", "voc_area", "voc07", "coco"),
-    "TEST.VOC07_RECALL_LEVELS": ("arange", "exact"),
-    "TEST.ON_BAD_SAMPLE": ("error", "skip"),
-    "DATASETS.CUSTOM_METRIC": ("voc_area", "voc07"),
-}
+DEVICES = ("auto", "cpu", "cuda")  # MODEL.DEVICE (lossmix.engine.trainer.resolve_device)
+
+
+def choices() -> dict:
+    """Allowed values of the keys that name a choice, taken from the modules that implement them (imported
+    here, at validation: they are leaves that import no config)."""
+    from ..data.errors import ON_BAD_POLICIES
+    from ..data.mixing import FORMULATIONS, METHODS, MODES, PASTE_MODES, SALIENCY_METHODS
+    from ..evaluation import METRICS
+    from ..evaluation.voc import RECALL_LEVEL_CHOICES, VOC_METRICS
+
+    return {
+        "LOSSMIX.MODE": MODES,
+        "LOSSMIX.METHOD": METHODS,
+        "LOSSMIX.FORMULATION": FORMULATIONS,
+        "LOSSMIX.SALIENCY": SALIENCY_METHODS,
+        "LOSSMIX.PASTE": PASTE_MODES,
+        "DATALOADER.ON_BAD_SAMPLE": ON_BAD_POLICIES,
+        "MODEL.DEVICE": DEVICES,
+        "TEST.METRIC": ("auto", *METRICS),
+        "TEST.VOC07_RECALL_LEVELS": RECALL_LEVEL_CHOICES,
+        "TEST.ON_BAD_SAMPLE": ON_BAD_POLICIES,
+        "DATASETS.CUSTOM_METRIC": VOC_METRICS,
+    }
+
+
 _PROBABILITIES = ("LOSSMIX.PROB", "INPUT.RANDOM_FLIP", "LOSSMIX.MIN_VISIBLE", "MODEL.RPN.POSITIVE_FRACTION",
                   "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.IOU_THRESHOLD",
                   "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH")
@@ -36,21 +49,22 @@ _POSITIVE = ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "LOSSMIX.ALPHA", "SOLVER.
              "MODEL.ROI_HEADS.NUM_CLASSES", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TRAIN", "INPUT.MAX_SIZE_TEST")
 
 
-class ConfigError(ValueError):
-    """A config value out of range: the message names the key, the value and what is allowed."""
-
-
-def _get(cfg, key):
+def get_key(cfg, key: str):
+    """The value of a full key (``"SOLVER.MAX_ITER"``); ``KeyError`` if a part is missing."""
     node = cfg
     for part in key.split("."):
         node = node[part]
     return node
 
 
+_get = get_key
+
+
 def merge_from_list(cfg: CfgNode, opts: list) -> None:
     """``KEY VALUE`` overrides; an unknown key raises ``KeyError`` naming it."""
     if len(opts) % 2:
-        raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        raise ConfigError(f"overrides must be KEY VALUE pairs, got {len(opts)} word(s): the last key {opts[-1]!r} has "
+                          f"no value (a value with spaces needs quotes, e.g. DATASETS.TRAIN \"('a', 'b')\")")
     decoded = []
     for key, value in zip(opts[0::2], opts[1::2]):
         if isinstance(key, str) and key.startswith("--"):
@@ -58,8 +72,12 @@ def merge_from_list(cfg: CfgNode, opts: list) -> None:
         try:
             default = _get(cfg, key)
         except KeyError:
-            raise KeyError(f"unknown config key {key!r} (from the command line)") from None
-        decoded += [key, coerce_numbers(CfgNode._decode_cfg_value(value), default)]
+            raise unknown_key(key, cfg, "from the command line") from None
+        if isinstance(default, dict):
+            raise ConfigError(f"{key} is a section, not a key; set one of its keys, e.g. {key}.{next(iter(default))}")
+        value = coerce_numbers(CfgNode._decode_cfg_value(value), default)
+        check_value_type(key, value, default, "from the command line")
+        decoded += [key, value]
     cfg.merge_from_list(decoded)
 
 
@@ -100,6 +118,22 @@ def resolve_config_path(path: str, configs_dir: str = CONFIGS_DIR) -> str:
     raise FileNotFoundError(f"config file not found: {path}{hint}")
 
 
+def config_writing(weights_path: str, configs_dir: str = CONFIGS_DIR) -> str | None:
+    """The shipped config (relative to the repository) whose ``OUTPUT_DIR`` holds ``weights_path``, e.g.
+    ``configs/quickstart/synthetic_lossmix.yaml`` for ``./output/quickstart/synthetic_lossmix/model_final.pth``."""
+    import yaml
+
+    folder = os.path.normpath(os.path.dirname(weights_path))
+    for path in sorted(glob.glob(os.path.join(glob.escape(configs_dir), "**", "*.yaml"), recursive=True)):
+        if os.path.relpath(path, configs_dir).split(os.sep)[0] in NOT_LOSSMIX_CONFIGS:
+            continue
+        with open(path, encoding="utf-8") as f:
+            out = (yaml.safe_load(f) or {}).get("OUTPUT_DIR")
+        if out and os.path.normpath(out) == folder:
+            return os.path.relpath(path, os.path.dirname(configs_dir))
+    return None
+
+
 def merge_from_file(cfg: CfgNode, path: str) -> None:
     """Merge a YAML file, following ``_BASE_`` (relative to the file); unknown keys raise ``KeyError``.
 
@@ -108,13 +142,15 @@ def merge_from_file(cfg: CfgNode, path: str) -> None:
     path = resolve_config_path(path)
     try:
         cfg.merge_from_file(path)
-    except (KeyError, AssertionError) as err:  # yacs asserts on unknown keys
-        raise KeyError(f"{path}: {err}") from None
+    except ConfigError as err:  # a wrong type (CfgNode.merge_from_other_cfg)
+        raise ConfigError(f"{path}: {err}") from None
+    except (KeyError, AssertionError) as err:  # an unknown key (ours names it; yacs asserts on others)
+        raise KeyError(f"{path}: {err.args[0] if isinstance(err, KeyError) and err.args else err}") from None
 
 
 def validate(cfg: CfgNode) -> None:
     """Reject out-of-range values at start-up (the key, the value, what is allowed)."""
-    for key, allowed in _CHOICES.items():
+    for key, allowed in choices().items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed: {', '.join(allowed)}")
     for key in _PROBABILITIES:

@@ -10,6 +10,8 @@ Each iteration the loader yields ``{"source": [model input], "target": [two-view
   (0 for a source image, ``1 - lam`` for a source x target mix), the discriminator's label.
 - ``target``: as many unlabelled images, each ``{"weak": model input (for the teacher),
   "strong": numpy sample (for the student), "position": int}``; both views share one geometry.
+  When the target set's annotations are read for diagnostics or the upper bound (:func:`target_ground_truth`)
+  the item also holds ``"ground_truth": {"boxes", "classes"}`` in the views' frame, apart from both views.
   Target images are only decoded from the first iteration that needs them (the end of burn-in,
   or iteration 0 when ``source_target`` mixing is on); before that the list is empty.
 
@@ -44,6 +46,19 @@ def active_pairs(cfg) -> tuple[str, ...]:
     return tuple(cfg.DA.MIX_PAIRS)
 
 
+def target_ground_truth(cfg, target_dicts: Sequence[dict]) -> bool:
+    """Whether the target images' annotations are read (apart from the views): always for
+    ``DA.TARGET_LABELS ground_truth`` (an error naming the key when there are none), and for
+    ``DA.PSEUDO_LABEL_METRICS auto`` when any target dict has annotations."""
+    annotated = any(d.get("annotations") for d in target_dicts)
+    if cfg.DA.TARGET_LABELS == "ground_truth":
+        if not annotated:
+            raise ValueError(f"DA.TARGET_LABELS = 'ground_truth' but DATASETS.TRAIN_UNLABELED "
+                             f"{list(cfg.DATASETS.TRAIN_UNLABELED)} has no annotations to give the student")
+        return True
+    return cfg.DA.PSEUDO_LABEL_METRICS == "auto" and annotated
+
+
 def without_boxes(sample: dict) -> dict:
     """A copy of a numpy sample with no instances (an unlabelled image as a mixing partner)."""
     out = dict(sample)
@@ -60,26 +75,35 @@ class TwoViewMapper:
     differ. Both are numpy samples (``image`` HxWx3 uint8 RGB, ``boxes`` float32 [N,4], ``classes``
     int64 [N], ``weights`` float32 [N]). ``keep_annotations=False`` (unlabelled data) empties the
     boxes of both views, so a target set's annotations can never leak into training.
+    ``ground_truth=True`` adds ``"ground_truth": {"boxes": float32 [N,4], "classes": int64 [N]}``: the
+    annotations carried through the same geometry (the frame of both views and of the teacher's
+    detections on the weak one), kept apart from the views (which stay empty unless ``keep_annotations``).
     """
 
     def __init__(self, *, weak: LossMixDatasetMapper, strong: Optional[StrongAugment] = None,
-                 keep_annotations: bool = False):
+                 keep_annotations: bool = False, ground_truth: bool = False):
         self.weak = weak
         self.strong = strong if strong is not None else StrongAugment()
         self.keep_annotations = keep_annotations
+        self.ground_truth = ground_truth
 
     @classmethod
-    def from_config(cls, cfg, *, keep_annotations: bool = False) -> "TwoViewMapper":
-        return cls(weak=LossMixDatasetMapper.from_config(cfg, is_train=True), keep_annotations=keep_annotations)
+    def from_config(cls, cfg, *, keep_annotations: bool = False, ground_truth: bool = False) -> "TwoViewMapper":
+        return cls(weak=LossMixDatasetMapper.from_config(cfg, is_train=True), keep_annotations=keep_annotations,
+                   ground_truth=ground_truth)
 
     def load(self, dataset_dict: dict, rng: np.random.Generator) -> dict:
         weak = self.weak.load(dataset_dict, rng)
+        gt = {"boxes": weak["boxes"].copy(), "classes": weak["classes"].copy()} if self.ground_truth else None
         if not self.keep_annotations:
             weak = without_boxes(weak)
         strong = dict(weak)
         strong.update(image=self.strong.apply_image(weak["image"], rng), boxes=weak["boxes"].copy(),
                       classes=weak["classes"].copy(), weights=weak["weights"].copy())
-        return {"weak": weak, "strong": strong}
+        out = {"weak": weak, "strong": strong}
+        if gt is not None:
+            out["ground_truth"] = gt
+        return out
 
 
 class DomainAdaptationDataset(Dataset):
@@ -135,7 +159,8 @@ class DomainAdaptationCollate:
         sources = [it["source"] for it in items]
         targets = [it["target"] for it in items]
         out_source = [self.mix_source(sources, t, j) for j, t in enumerate(targets)]
-        out_target = [{"weak": to_model_input(t["weak"]), "strong": t["strong"], "position": t["position"]}
+        out_target = [{"weak": to_model_input(t["weak"]), "strong": t["strong"], "position": t["position"],
+                       **({"ground_truth": t["ground_truth"]} if "ground_truth" in t else {})}
                       for t in targets if t is not None]
         return {"source": out_source, "target": out_target}
 
@@ -151,14 +176,18 @@ def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = No
     pairs = active_pairs(cfg)
     mapper = LossMixDatasetMapper.from_config(cfg, is_train=True)
     bad_log = bad_sample_log(cfg)
+    on_bad = cfg.DATALOADER.ON_BAD_SAMPLE
     source = TrainDataset(
-        get_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
+        get_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, on_bad=on_bad,
+                          bad_log=bad_log),
         mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
         with_partner="source_source" in pairs and local_batch == 1,
     )
     target_seed = int(np.random.SeedSequence([cfg.SEED, _TARGET_SEED_STREAM]).generate_state(1)[0])
+    target_dicts = get_dataset_dicts(cfg.DATASETS.TRAIN_UNLABELED, on_bad=on_bad, bad_log=bad_log)
     target = TrainDataset(
-        get_dataset_dicts(cfg.DATASETS.TRAIN_UNLABELED), TwoViewMapper.from_config(cfg), seed=target_seed,
+        target_dicts, TwoViewMapper.from_config(cfg, ground_truth=target_ground_truth(cfg, target_dicts)),
+        seed=target_seed,
         on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
     )
     dataset = DomainAdaptationDataset(source, target, global_batch=local_batch * world,
@@ -168,4 +197,4 @@ def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = No
 
 
 __all__ = ["TwoViewMapper", "DomainAdaptationDataset", "DomainAdaptationCollate", "build_da_loader",
-           "active_pairs", "without_boxes"]
+           "active_pairs", "without_boxes", "target_ground_truth"]

@@ -9,6 +9,7 @@ voc_2007_test          VOC2007, test                         VOC07 11-point
 clipart_train / _test  clipart, train / test                 area AP50 (20 classes)
 watercolor_train/_test watercolor, train / test              area AP50 on its 6 classes
 comic_train / _test    comic, train / test                   area AP50 on its 6 classes
+coco_2017_train / _val coco/{train,val}2017 + coco/annotations/instances_{train,val}2017.json (COCO json), COCO AP
 synthetic_<domain>_<split>  synthetic/<domain>               area AP50 (6 shapes)
 =====================  ====================================  ==========================
 
@@ -29,21 +30,46 @@ def datasets_root() -> str:
     return os.environ.get("LOSSMIX_DATASETS", "datasets")
 
 
-def _checked(name: str, folder: str, loader):
+def _checked(name: str, folder: str, loader, hint: str):
     def load(**kwargs):
         if not os.path.isdir(folder):
-            raise FileNotFoundError(
-                f"dataset {name!r} expects the VOC-format folder {folder!r} (Annotations/, JPEGImages/, "
-                f"ImageSets/Main/); set LOSSMIX_DATASETS or see datasets/README.md for where to get it"
-            )
+            raise FileNotFoundError(f"dataset {name!r} expects the VOC-format folder {folder!r} (Annotations/, "
+                                    f"JPEGImages/, ImageSets/Main/), which does not exist; {hint}")
         return loader(**kwargs)
 
     return load
 
 
-def _register(name, folder, split, classes, **kwargs):
+BUILTIN_HINT = "set LOSSMIX_DATASETS (the folder holding it) or see datasets/README.md for where to get it"
+CUSTOM_HINT = "check its DATASETS.CUSTOM_VOC entry (NAME:FOLDER:SPLIT)"
+
+
+def _register(name, folder, split, classes, *, hint: str = BUILTIN_HINT, **kwargs):
     register_voc(name, folder, split, classes, **kwargs)
-    DatasetCatalog[name] = _checked(name, folder, DatasetCatalog[name])
+    DatasetCatalog[name] = _checked(name, folder, DatasetCatalog[name], hint)
+
+
+COCO_2017 = {"coco_2017_train": ("train2017", "annotations/instances_train2017.json"),
+             "coco_2017_val": ("val2017", "annotations/instances_val2017.json")}  # detectron2's names and layout
+
+
+def register_coco_2017(root: str | None = None) -> None:
+    """``coco_2017_train`` / ``coco_2017_val`` under ``root/coco`` (images and ``annotations/``), as detectron2."""
+    from .coco import COCO_CLASSES, register_coco
+
+    root = root or datasets_root()
+    for name, (images, annotations) in COCO_2017.items():
+        json_file, image_root = os.path.join(root, "coco", annotations), os.path.join(root, "coco", images)
+        register_coco(name, json_file, image_root, class_names=COCO_CLASSES)
+        loader = DatasetCatalog[name]
+
+        def load(_name=name, _json=json_file, _loader=loader, **kwargs):
+            if not os.path.isfile(_json):
+                raise FileNotFoundError(f"dataset {_name!r} expects the COCO annotation file {_json!r}, which does "
+                                        f"not exist; {BUILTIN_HINT}")
+            return _loader(**kwargs)
+
+        DatasetCatalog[name] = load
 
 
 def register_all(root: str | None = None) -> None:
@@ -60,6 +86,7 @@ def register_all(root: str | None = None) -> None:
             _register(f"{sub}_{split}", os.path.join(root, sub), split, VOC_CLASSES, eval_classes=WATERCOLOR_CLASSES)
         for domain in SYNTHETIC_DOMAINS:
             _register(f"synthetic_{domain}_{split}", os.path.join(root, "synthetic", domain), split, SYNTHETIC_CLASSES)
+    register_coco_2017(root)
 
 
 if "voc_2007_trainval" not in DatasetCatalog:
@@ -106,7 +133,7 @@ def register_custom(cfg) -> list[str]:
                 names.append(name)
                 continue
             DatasetCatalog.remove(name)
-        _register(name, folder, split, classes, use_07_metric=definition["use_07_metric"])
+        _register(name, folder, split, classes, use_07_metric=definition["use_07_metric"], hint=CUSTOM_HINT)
         MetadataCatalog.get(name).set(custom=True)
         names.append(name)
     return names

@@ -60,7 +60,9 @@ class _DatasetCatalog(dict):
             raise TypeError(f"dataset {base!r}: loader returned {type(dicts).__name__}, expected a list of dicts")
         if count is not None:
             if not 0 < count <= len(dicts):
-                raise ValueError(f"dataset {name!r}: asks for the first {count} images of {base!r}, "
+                from ..config.setup import ConfigError  # a user's name: one error line, not a traceback
+
+                raise ConfigError(f"dataset {name!r}: asks for the first {count} images of {base!r}, "
                                  f"which has {len(dicts)}")
             dicts = dicts[:count]
         return dicts

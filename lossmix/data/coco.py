@@ -16,7 +16,20 @@ from ..structures import BoxMode
 from .catalog import DatasetCatalog, MetadataCatalog
 from .errors import BadSampleError
 
-__all__ = ["load_coco_json", "register_coco"]
+__all__ = ["COCO_CLASSES", "load_coco_json", "register_coco"]
+
+# COCO 2017's 80 thing classes in category-id order (ids 1..90 with gaps): label k is the k-th name, as in detectron2.
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +182,8 @@ def register_coco(name: str, json_file, image_root, *, class_names: Sequence[str
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     fixed = None if class_names is None else list(class_names)
 
-    def load():
-        dicts, names = load_coco_json(json_file, image_root, fixed)
+    def load(on_bad: str = "error", problems: list | None = None):
+        dicts, names = load_coco_json(json_file, image_root, fixed, on_bad=on_bad, problems=problems)
         MetadataCatalog.get(name).set(thing_classes=names)
         return dicts
 

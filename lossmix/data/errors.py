@@ -1,6 +1,8 @@
 """The one error type for bad input data: it always names the file and the problem."""
 from __future__ import annotations
 
+ON_BAD_POLICIES = ("error", "skip")  # DATALOADER / TEST.ON_BAD_SAMPLE: stop naming the file | leave it out, logged
+
 
 class BadSampleError(ValueError):
     """A dataset file (image or annotation) that cannot be used as it is.

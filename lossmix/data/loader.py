@@ -29,6 +29,13 @@ from .mixer import Mixer
 logger = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 100  # consecutive bad samples tolerated under ON_BAD_SAMPLE skip before giving up
+ON_BAD_KEYS = {"train": "DATALOADER.ON_BAD_SAMPLE", "test": "TEST.ON_BAD_SAMPLE"}
+
+
+def with_hint(err: BadSampleError, stage: str = "train") -> BadSampleError:
+    """``err`` with what to do next: the skip policy, and the tool that lists every bad file at once."""
+    return BadSampleError(err.path, f"{err.problem} ({ON_BAD_KEYS.get(stage, ON_BAD_KEYS['train'])} skip leaves bad "
+                          "files out; tools/check_dataset.py lists every bad file)", kind=err.kind)
 
 
 def get_dataset_dicts(names, *, filter_empty: bool = False, on_bad: str = "error",
@@ -44,7 +51,10 @@ def get_dataset_dicts(names, *, filter_empty: bool = False, on_bad: str = "error
     dicts = []
     for name in names:
         problems: list = []
-        dicts.extend(DatasetCatalog.get(name, on_bad=on_bad, problems=problems))
+        try:
+            dicts.extend(DatasetCatalog.get(name, on_bad=on_bad, problems=problems))
+        except BadSampleError as err:
+            raise with_hint(err, stage) from None
         if problems:
             logger.warning("dataset %s: %d bad annotation file(s) left out (DATALOADER/TEST.ON_BAD_SAMPLE skip)",
                            name, len(problems))
@@ -63,15 +73,29 @@ class BadSampleLog:
 
     def __init__(self, path: Optional[str]):
         self.path = path
+        self._seen: Optional[set] = None  # (file, kind, stage) already in the file
 
     def record(self, err: BadSampleError, **context) -> None:
         logger.warning("skipping bad sample: %s [%s]", err, err.kind)
         self.write(err.as_record(), **context)
 
+    @staticmethod
+    def _key(row: dict) -> tuple:
+        return row.get("file"), row.get("kind"), row.get("stage")
+
     def write(self, record: dict, **context) -> None:
-        if self.path:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({**record, **context}) + "\n")
+        """Append ``record`` + ``context`` unless a row for the same file, kind and stage is there already (a
+        resumed run rebuilding its dataset, another worker meeting the same file)."""
+        if not self.path:
+            return
+        row = {**record, **context}
+        if self._seen is None:
+            self._seen = {self._key(r) for r in self.rows()}
+        if self._key(row) in self._seen:
+            return
+        self._seen.add(self._key(row))
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
     def rows(self) -> list[dict]:
         if not self.path or not os.path.exists(self.path):
@@ -116,6 +140,7 @@ class TrainDataset(Dataset):
         self.on_bad, self.bad_log = on_bad, bad_log or BadSampleLog(None)
         self.with_partner = with_partner
         self._perm_epoch, self._perm = -1, None
+        self._bad: set[int] = set()  # indices found bad under skip: never read again (in this process)
 
     def __len__(self):
         return len(self.dicts)
@@ -130,11 +155,15 @@ class TrainDataset(Dataset):
     def load_index(self, index: int, rng: np.random.Generator, position: int) -> dict:
         """Load ``dicts[index]``; under ``skip`` a bad file is logged and the next one taken."""
         for attempt in range(MAX_REPLACEMENTS):
+            current = (index + attempt) % len(self.dicts)
+            if current in self._bad:  # dropped once; taking the next one is what reading it again would do
+                continue
             try:
-                return self.mapper.load(self.dicts[(index + attempt) % len(self.dicts)], rng)
+                return self.mapper.load(self.dicts[current], rng)
             except BadSampleError as err:
                 if self.on_bad != "skip":
-                    raise
+                    raise with_hint(err) from None
+                self._bad.add(current)
                 self.bad_log.record(err, position=position)
         raise RuntimeError(f"{MAX_REPLACEMENTS} consecutive bad samples from index {index}; is the dataset readable?")
 
@@ -223,7 +252,7 @@ class TestDataset(Dataset):
             sample = self.mapper.load(self.dicts[i], np.random.default_rng(0))
         except BadSampleError as err:
             if self.on_bad != "skip":
-                raise
+                raise with_hint(err, "test") from None
             self.bad_log.record(err, stage="test")
             return None
         return to_model_input(sample)

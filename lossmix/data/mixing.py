@@ -29,6 +29,9 @@ Patch = Tuple[int, int, int, int]
 
 MODES = ("none", "uniform", "noise", "lossmix")
 METHODS = ("mixup", "cutmix", "saliencymix")
+# How a mixed sample's two box sets enter the losses (LOSSMIX.FORMULATION; lossmix.modeling.targets implements them):
+# per-instance weights | each anchor / proposal labelled against A and B, lambda L(A) + (1 - lambda) L(B)
+FORMULATIONS = ("instance", "interpolate")
 
 __all__ = [
     "MODES",

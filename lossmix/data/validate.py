@@ -17,9 +17,10 @@ from typing import Iterable, Sequence
 from ..structures import to_xyxy
 from .errors import BadSampleError
 from .image_io import read_image
-from .voc import _class_index, _parse, read_voc_split
+from .voc import _class_index, _parse, _read_root, _text, read_voc_split
 
-__all__ = ["Problem", "check_image", "check_voc_folder", "check_dataset_dicts", "summarize", "format_problem",
+__all__ = ["Problem", "check_image", "check_voc_folder", "voc_class_counts", "collapse_unknown_classes",
+           "format_class_counts", "check_dataset_dicts", "summarize", "format_problem",
            "format_summary", "format_report"]
 
 LEVELS = ("error", "warning", "info")
@@ -239,3 +240,58 @@ def format_report(problems: Sequence[Problem]) -> str:
     """Every problem on its own line, then the summary table."""
     lines = [format_problem(p) for p in problems]
     return "\n".join(lines + ([""] if lines else []) + [format_summary(problems)])
+
+
+def _annotation_files(dirname: str, split: str | None) -> list[str]:
+    annotation_dir = os.path.join(dirname, "Annotations")
+    if split is None:
+        return sorted(glob.glob(os.path.join(glob.escape(annotation_dir), "*.xml")))
+    try:
+        ids = read_voc_split(dirname, split)
+    except (FileNotFoundError, BadSampleError):
+        return []
+    return [os.path.join(annotation_dir, i + ".xml") for i in dict.fromkeys(ids)]
+
+
+def voc_class_counts(dirname, split: str | None = None) -> dict[str, tuple[int, int]]:
+    """``{class name: (images, instances)}`` over a VOC folder's annotation files (of ``split``, or all),
+    whatever the class list; files that do not parse are skipped (the checks report them)."""
+    images: collections.Counter = collections.Counter()
+    instances: collections.Counter = collections.Counter()
+    for xml_path in _annotation_files(os.fspath(dirname), split):
+        try:
+            root = _read_root(xml_path)
+        except BadSampleError:
+            continue
+        names = [_text(obj, "name") or "" for obj in root.iter("object")]
+        instances.update(names)
+        images.update(set(names))
+    return {name: (images[name], instances[name]) for name in sorted(instances, key=lambda n: (-instances[n], n))}
+
+
+def collapse_unknown_classes(problems: list[Problem], counts: dict, class_names: Sequence[str], folder: str,
+                             *, what: str = "the class list") -> list[Problem]:
+    """``problems`` with the per-object ``unknown_class`` errors replaced by one error for the folder, naming
+    each unknown class with its counts and the option that fixes it."""
+    unknown = {name: n for name, n in counts.items() if name and name not in set(class_names)}
+    kept = [p for p in problems if p.kind != "unknown_class"]
+    if not unknown:
+        return problems
+    listed = ", ".join(f"{name} ({inst} objects in {img} images)" for name, (img, inst) in unknown.items())
+    every = ",".join(counts)
+    return kept + [Problem(folder, "unknown_class", "error",
+                           f"{sum(n for _, n in unknown.values())} object(s) of classes not in {what}: {listed}; "
+                           f"give the folder's class list, e.g. --classes {every} "
+                           "(training: DATASETS.CUSTOM_CLASSES)")]
+
+
+def format_class_counts(counts: dict, class_names: Sequence[str] | None = None) -> str:
+    """A table of images and instances per class (``class_names`` first, in label order, zeros included)."""
+    order = list(class_names or []) + [n for n in counts if n not in set(class_names or [])]
+    width = max([len("class")] + [len(n) for n in order])
+    lines = [f"{'class':{width}}  images  instances"]
+    for name in order:
+        img, inst = counts.get(name, (0, 0))
+        mark = "" if class_names is None or name in set(class_names) else "  (not in the class list)"
+        lines.append(f"{name:{width}}  {img:6d}  {inst:9d}{mark}")
+    return "\n".join(lines)

@@ -28,6 +28,44 @@ class ResumeError(RuntimeError):
     """``--resume`` found no checkpoint to continue from in a folder that holds a run."""
 
 
+class RunFolderError(ResumeError):
+    """A new run (no ``--resume``) was pointed at a folder that already holds a run."""
+
+
+RUN_OUTPUTS = ("last_checkpoint", "metrics.jsonl", "metrics.dropped.jsonl", "bad_samples.jsonl", "eval")
+RUN_OUTPUT_PATTERNS = ("*.pth", "*.pth.damaged", "events.out.tfevents.*")
+
+
+def run_outputs(folder: str) -> list[str]:
+    """The files and folders of ``folder`` that a training run writes (checkpoints, metrics, eval/, events)."""
+    if not folder or not os.path.isdir(folder):
+        return []
+    found = [os.path.join(folder, n) for n in RUN_OUTPUTS if os.path.exists(os.path.join(folder, n))]
+    for pattern in RUN_OUTPUT_PATTERNS:
+        found += glob.glob(os.path.join(glob.escape(folder), pattern))
+    return sorted(set(found))
+
+
+def check_new_run(folder: str, *, overwrite: bool = False) -> None:
+    """Before a run that does not resume: refuse a ``folder`` that holds another run's outputs, or with
+    ``overwrite`` delete them (checkpoints, metrics, eval/, events; ``config.yaml``, ``log.txt`` and
+    ``eval_only/`` stay), so two runs never mix in one folder."""
+    import shutil
+
+    found = run_outputs(folder)
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(os.path.basename(p) for p in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise RunFolderError(
+            f"OUTPUT_DIR {folder} already holds a run ({shown}); add --resume to continue it, set OUTPUT_DIR to a "
+            "new folder, or add --overwrite to delete its checkpoints, metrics and evaluations and start over")
+    if comm.is_main_process():
+        for path in found:
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        logger.warning("--overwrite: deleted %d file(s) / folder(s) of the previous run in %s", len(found), folder)
+
+
 def torch_load(path: str, what: str = "file"):
     """``torch.load(path, weights_only=True)`` on CPU; any failure becomes one :class:`UnreadableFileError` line
     naming ``what`` and ``path`` and saying what is wrong (truncated archive, not a PyTorch file, pickled objects)."""
@@ -44,6 +82,8 @@ def torch_load(path: str, what: str = "file"):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if not head:
             why = "the file is empty (0 bytes)"
+        elif not head.startswith((b"PK", b"\x80")):  # neither torch.save's zip archive nor a legacy pickle
+            why = f"not a PyTorch file written by torch.save (it starts with {head!r})"
         elif "weights only load failed" in first.lower():
             why = ("holds Python objects besides tensors (e.g. a whole pickled model), which are not loaded "
                    "from untrusted files; save model.state_dict() with torch.save instead")

@@ -14,7 +14,7 @@ from ..data.catalog import check_num_classes
 from ..data.loader import bad_sample_log
 from ..modeling.build import build_detector, require_weights
 from ..utils import comm
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, check_new_run
 from .inference import evaluate
 from .recipes import get_recipe, recipe_name
 from .schedule import build_optimizer, build_scheduler
@@ -31,14 +31,18 @@ def ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=False)
 
 
-def run(cfg, *, resume: bool = False, allow_fresh: bool = False, eval_only: bool = False) -> dict:
+def run(cfg, *, resume: bool = False, allow_fresh: bool = False, eval_only: bool = False,
+        overwrite: bool = False) -> dict:
     """Train per ``cfg`` with the recipe it names (with ``resume``, from the newest loadable checkpoint;
     ``allow_fresh``: start at 0 when none loads), then evaluate; with ``eval_only`` evaluate
-    ``MODEL.WEIGHTS`` (role ``model``) without training."""
+    ``MODEL.WEIGHTS`` (role ``model``) without training. Without ``resume``, an ``OUTPUT_DIR`` that holds
+    another run is refused (:class:`RunFolderError`), or with ``overwrite`` its run outputs are deleted first."""
     require_weights(cfg, eval_only=eval_only)
     check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES,
                       list(cfg.DATASETS.TEST) if eval_only else
                       [*cfg.DATASETS.TRAIN, *(cfg.DATASETS.TRAIN_UNLABELED if cfg.DA.ENABLED else ()), *cfg.DATASETS.TEST])
+    if not resume and not eval_only:
+        check_new_run(cfg.OUTPUT_DIR, overwrite=overwrite)
     if cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     torch.manual_seed(cfg.SEED + comm.get_rank())
@@ -59,10 +63,13 @@ def run(cfg, *, resume: bool = False, allow_fresh: bool = False, eval_only: bool
         evaluate=lambda iteration: evaluate(cfg, recipe.eval_models(iteration), device,
                                             cfg.TEST.EVAL_PERIOD_DATASETS or None))
     summary = trainer.train()
+    interrupted = os.path.join(cfg.OUTPUT_DIR, "model_interrupted.pth") if cfg.OUTPUT_DIR else ""
+    if interrupted and os.path.exists(interrupted) and comm.is_main_process():  # the run it saved has now finished
+        os.remove(interrupted)
     summary["skipped_bad_samples"] = bad_sample_log(cfg).count()
     if summary["skipped_bad_samples"]:
-        logger.warning("%d bad file(s) were skipped (%d times); see %s/bad_samples.jsonl", summary["skipped_bad_samples"],
-                       bad_sample_log(cfg).count_events(), cfg.OUTPUT_DIR)
+        logger.warning("%d bad file(s) were left out; see %s/bad_samples.jsonl", summary["skipped_bad_samples"],
+                       cfg.OUTPUT_DIR)
     results = evaluate(cfg, recipe.eval_models(cfg.SOLVER.MAX_ITER), device)
     return {"summary": summary, "results": results}
 

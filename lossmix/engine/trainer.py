@@ -14,6 +14,7 @@ import torch
 from ..utils import comm
 from ..utils.threads import follow_thread_count
 from .checkpoint import Checkpointer, rng_state
+from .events import EventWriter, JSONWriter, default_writers, drop_rows_after  # noqa: F401  (drop_rows_after: re-export)
 
 logger = logging.getLogger(__name__)
 
@@ -34,48 +35,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class MetricsWriter:
-    """Appends one JSON object per line to ``OUTPUT_DIR/metrics.jsonl`` (main process only).
-
-    With ``start_iter`` (a run starting or resuming there), rows of a later iteration, left by a run that
-    went further than the checkpoint now resumed (or by an older run in the same folder), are moved to
-    ``metrics.dropped.jsonl`` first, so the iterations in ``metrics.jsonl`` never go backwards.
-    """
-
-    def __init__(self, output_dir: str, *, start_iter: Optional[int] = None):
-        self.path = os.path.join(output_dir, "metrics.jsonl") if output_dir else None
-        if start_iter is not None and self.path and comm.is_main_process():
-            drop_rows_after(self.path, start_iter)
-
-    def write(self, row: dict) -> None:
-        if self.path and comm.is_main_process():
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-
-
-def drop_rows_after(path: str, iteration: int) -> int:
-    """Move the rows of ``path`` (JSON lines) whose ``iteration`` is above ``iteration``, or that do not parse
-    (a line cut by a kill), to ``<stem>.dropped.jsonl`` beside it; returns how many were moved."""
-    if not os.path.exists(path):
-        return 0
-    keep, drop = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row_iter = json.loads(line).get("iteration", 0)
-            except (ValueError, AttributeError):
-                row_iter = None
-            (keep if row_iter is not None and row_iter <= iteration else drop).append(line if line.endswith("\n") else line + "\n")
-    if drop:
-        with open(os.path.splitext(path)[0] + ".dropped.jsonl", "a", encoding="utf-8") as f:
-            f.writelines(drop)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
-        logger.warning("%s: moved %d row(s) after iteration %d to %s", path, len(drop), iteration,
-                       os.path.splitext(path)[0] + ".dropped.jsonl")
-    return len(drop)
+MetricsWriter = JSONWriter  # metrics.jsonl (lossmix.engine.events)
 
 
 @contextlib.contextmanager
@@ -108,7 +68,9 @@ class Trainer:
     Non-finite losses: the step is not applied, the event is logged with its loss components;
     after ``max_bad_steps`` consecutive ones training stops (:class:`NonFiniteLossError`), leaving
     the last good checkpoint intact. SIGINT / SIGTERM save ``model_interrupted.pth`` then stop.
-    Rows go to ``output_dir/metrics.jsonl`` (every ``log_period`` iterations and the last); nothing
+    Every ``log_period`` iterations (and the last) a row of losses, ``time`` / ``data_time`` (seconds per
+    iteration since the previous row) and ``lr`` goes to each of ``writers`` (default: a detectron2-style line
+    on the console and in log.txt, ``metrics.jsonl`` and TensorBoard: :mod:`lossmix.engine.events`); nothing
     per iteration is kept in memory.
 
     Args:
@@ -120,19 +82,23 @@ class Trainer:
             ``SOLVER.CHECKPOINT_PERIOD``, ``TEST.EVAL_PERIOD`` (0 = off).
         evaluate: ``fn(iteration) -> results`` for periodic evaluation.
         amp / clip_gradients / max_bad_steps: ``SOLVER.AMP`` (CUDA only), ``SOLVER.CLIP_GRADIENTS``, ``SOLVER.MAX_BAD_STEPS``.
+        writers: :class:`~lossmix.engine.events.EventWriter` list (None: :func:`default_writers`).
     """
 
     def __init__(self, *, recipe, optimizer, scheduler, data_loader: Iterable, checkpointer: Checkpointer, device,
                  max_iter: int, start_iter: int = 0, output_dir: str = "", log_period: int = 20,
                  checkpoint_period: int = 0, eval_period: int = 0, evaluate: Optional[Callable[[int], dict]] = None,
-                 amp: bool = False, clip_gradients: float = 0.0, max_bad_steps: int = 5):
+                 amp: bool = False, clip_gradients: float = 0.0, max_bad_steps: int = 5,
+                 writers: Optional[list[EventWriter]] = None):
         self.recipe, self.optimizer, self.scheduler = recipe, optimizer, scheduler
         self.data_loader, self.device, self.checkpointer = data_loader, device, checkpointer
         self.start_iter, self.iter, self.max_iter = start_iter, start_iter, max_iter
         self.output_dir = output_dir
         self.log_period, self.checkpoint_period, self.eval_period = log_period, checkpoint_period, eval_period
         self.evaluate_fn = evaluate
-        self.metrics = MetricsWriter(output_dir, start_iter=start_iter)
+        self.writers = default_writers(output_dir, max_iter=max_iter, start_iter=start_iter) if writers is None \
+            else writers
+        self._timing = {"time": 0.0, "data_time": 0.0, "iters": 0}  # summed since the last periodic row
         self.use_amp = bool(amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.clip_gradients, self.max_bad_steps = clip_gradients, max_bad_steps
@@ -177,7 +143,7 @@ class Trainer:
         self.bad_steps += 1
         self.skipped_steps += 1
         logger.warning("iteration %d: non-finite loss, step not applied: %s", self.iter, values)
-        self.metrics.write({"iteration": self.iter, "non_finite_loss": values})
+        self.write_extra({"iteration": self.iter, "non_finite_loss": values})
         if self.bad_steps >= self.max_bad_steps:
             raise NonFiniteLossError(
                 f"{self.bad_steps} consecutive non-finite losses (SOLVER.MAX_BAD_STEPS = {self.max_bad_steps}) "
@@ -195,12 +161,22 @@ class Trainer:
     def after_step(self, values: dict) -> None:
         it = self.iter + 1
         if self.log_period and (it % self.log_period == 0 or it == self.max_iter):  # every rank gets here: the logged losses are the mean over ranks
-            values = comm.mean_over_ranks(values, self.device)
-            self.metrics.write({"iteration": it, "lr": self.optimizer.param_groups[0]["lr"], **values})
+            values = comm.mean_over_ranks({**values, **self.recipe.period_metrics()}, self.device)
+            n = max(self._timing["iters"], 1)
+            row = {"iteration": it, "lr": self.optimizer.param_groups[0]["lr"], **values,
+                   "time": self._timing["time"] / n, "data_time": self._timing["data_time"] / n}
+            self._timing = {"time": 0.0, "data_time": 0.0, "iters": 0}
+            for writer in self.writers:
+                writer.write(row)
         if self.checkpoint_period and it % self.checkpoint_period == 0 and it < self.max_iter:
             self.save(f"model_{it:07d}", it)
         if self.evaluate_fn and self.eval_period and it % self.eval_period == 0 and it < self.max_iter:
-            self.metrics.write({"iteration": it, **{"eval": self.evaluate_fn(it)}})
+            self.write_extra({"iteration": it, **{"eval": self.evaluate_fn(it)}})
+
+    def write_extra(self, row: dict) -> None:
+        """An evaluation, non-finite-step or summary row to every writer."""
+        for writer in self.writers:
+            writer.write_extra(row)
 
     def train(self) -> dict:
         from tqdm import tqdm
@@ -213,8 +189,13 @@ class Trainer:
             data_iter = iter(self.data_loader)
             for self.iter in range(self.start_iter, self.max_iter):
                 follow_thread_count()  # a benchmark runner may hand this run idle cores
-                values = self.run_step(next(data_iter))
+                t0 = time.perf_counter()
+                batch = next(data_iter)
+                t1 = time.perf_counter()
+                values = self.run_step(batch)
                 self.scheduler.step()
+                self._timing = {"time": self._timing["time"] + time.perf_counter() - t0,
+                                "data_time": self._timing["data_time"] + t1 - t0, "iters": self._timing["iters"] + 1}
                 self.after_step(values)
                 bar.set_postfix(loss=f"{values['total_loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2g}")
                 bar.update(1)
@@ -224,7 +205,14 @@ class Trainer:
         bar.close()
         self.save("model_final", self.max_iter)
         seconds = time.perf_counter() - start
-        summary = {"iterations": self.max_iter - self.start_iter, "seconds": round(seconds, 1),
+        summary = {"iterations": self.max_iter, "seconds": round(seconds, 1),
                    "skipped_non_finite_steps": self.skipped_steps}
-        self.metrics.write({"iteration": self.max_iter, "summary": summary})
+        if self.start_iter:  # a resumed run: the whole run's iterations, and what this session did
+            summary.update(resumed_at=self.start_iter, iterations_this_session=self.max_iter - self.start_iter)
+        self.write_extra({"iteration": self.max_iter, "summary": summary})
+        for writer in self.writers:
+            writer.close()
+        logger.info("training done: %d iterations%s in %.1f s", self.max_iter,
+                    f" ({self.max_iter - self.start_iter} after resuming at {self.start_iter})" if self.start_iter
+                    else "", seconds)
         return summary

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 # compute them, for numbers comparable with published ones; its 0.30000000000000004, 0.6000000000000001 and
 # 0.7000000000000001 make a recall of exactly 0.3 / 0.6 / 0.7 miss that level (up to ~6e-4 AP). The exact
 # decimals k / 10 (the devkit's intent) are an option (``exact_recall_levels``, TEST.VOC07_RECALL_LEVELS exact).
+VOC_METRICS = ("voc_area", "voc07")  # VOC2010+ area AP50 | VOC2007 11-point AP50 (TEST.METRIC, DATASETS.CUSTOM_METRIC)
+RECALL_LEVEL_CHOICES = ("arange", "exact")  # TEST.VOC07_RECALL_LEVELS: the levels below | k / 10
 VOC07_RECALL_LEVELS = np.arange(0.0, 1.1, 0.1)
 VOC07_EXACT_RECALL_LEVELS = np.arange(11) / 10.0
 

@@ -249,7 +249,12 @@ def load_weights(model: FasterRCNN, path: str) -> dict:
     from ..engine.checkpoint import UnreadableFileError, torch_load
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: no such file {path!r} (weights are never downloaded; give a local path)")
+        from ..config.setup import config_writing
+
+        maker = config_writing(path)
+        hint = (f"; it is written by python tools/train_net.py --config-file {maker}: run that first" if maker else
+                " (weights are never downloaded; give a local path)")
+        raise FileNotFoundError(f"MODEL.WEIGHTS: no such file {path!r}{hint}")
     state = torch_load(path, "MODEL.WEIGHTS")
     if not isinstance(state, dict):
         raise UnreadableFileError(f"MODEL.WEIGHTS {path!r}: holds a {type(state).__name__}, expected a state dict "
@@ -276,6 +281,14 @@ def load_weights(model: FasterRCNN, path: str) -> dict:
     own = model.state_dict()
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     state = {k: v for k, v in state.items() if k not in skipped}
+    body = [k for k in own if k.startswith("backbone.body.")]
+    loaded = [k for k in body if k in state]
+    if kind in ("backbone", "detector") and body and len(loaded) < len(body) / 2:  # e.g. R18 weights for an R50 model
+        absent = len(body) - len(loaded) - len([k for k in skipped if k.startswith("backbone.body.")])
+        raise UnreadableFileError(
+            f"MODEL.WEIGHTS {path!r}: only {len(loaded)} of the backbone's {len(body)} tensors load from it "
+            f"({len(body) - len(loaded) - absent} have another shape, {absent} are absent); weights of another "
+            "backbone than MODEL.BACKBONE.NAME?")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if kind != "backbone" or k.startswith("backbone.body.")]
     if kind == "checkpoint" and (missing or result.unexpected_keys or skipped):

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-FORMULATIONS = ("instance", "interpolate")
+from ..data.mixing import FORMULATIONS  # noqa: E402,F401  (defined with the mixing modes it pairs with)
 
 
 @dataclass

@@ -23,7 +23,7 @@ A *protocol* is a YAML file, ``configs/benchmark/<name>.yaml``::
 Each (entry, seed) is a *run* in ``<output root>/<protocol>/<entry>/seed<k>``, trained by
 ``python tools/train_net.py --config-file CONFIG <protocol overrides> <entry overrides> SEED k OUTPUT_DIR <run>``.
 A run is *complete* when its ``config.yaml`` exists, ``eval/`` holds a result for each of its
-``DATASETS.TEST`` and ``metrics.jsonl`` has the final summary row (or ``model_final.pth`` exists); it is
+``DATASETS.TEST`` and ``metrics.jsonl`` has the final summary row (``model_final.pth`` alone is not enough); it is
 *resumed* (``--resume``) when it is not complete and has a ``last_checkpoint``. A run whose existing
 ``config.yaml`` differs from the config it would get now (beyond ``OUTPUT_DIR``) is *changed*: never
 reused silently (:func:`plan` marks it, :func:`execute` refuses unless asked to retrain it).
@@ -31,7 +31,10 @@ reused silently (:func:`plan` marks it, :func:`execute` refuses unless asked to 
 The report (:func:`build_report`) pools the complete runs of each entry with
 :mod:`lossmix.utils.compare` (mean, sample std, n; per class), refusing runs of one entry whose configs
 differ beyond ``SEED`` and ``OUTPUT_DIR``; :func:`write_report` writes ``<name>.md``, ``<name>.png``,
-``<name>.json`` and, when runs evaluated during training, ``<name>_curves.png``.
+``<name>.json`` and, when runs evaluated during training, ``<name>_curves.png``. Domain-adaptation runs are drawn
+apart, over *adaptation* iterations (teacher and student, from their starting model), with their pseudo-labels'
+precision, recall and counts from ``metrics.jsonl``, in ``<name>_adaptation.png``; the report's markdown tables
+the pseudo-labels at the first and last logged rows of adaptation.
 """
 from __future__ import annotations
 
@@ -230,7 +233,8 @@ class RunSpec:
     after: Optional[str] = None  # output_dir of the run whose final weights this one starts from
 
     def command(self, python: str = sys.executable, train_net: str = "tools/train_net.py") -> list[str]:
-        resume = ["--resume"] if self.state == "resume" else []
+        # fresh: nothing to resume; an aborted attempt's leftovers (an early eval/, metrics) are deleted, never mixed in
+        resume = ["--resume"] if self.state == "resume" else ["--overwrite"]
         return [python, train_net, "--config-file", self.config_file, *resume, *self.opts]
 
 
@@ -268,7 +272,9 @@ def run_state(run_dir: str, expected_config: dict, tests: Sequence[str], *, defa
     if diffs:
         return "changed", diffs
     evals = all(os.path.isfile(os.path.join(run_dir, "eval", f"{t}.json")) for t in tests)
-    finished = _summary_row(run_dir) is not None or os.path.isfile(os.path.join(run_dir, "model_final.pth"))
+    # The final summary row, not model_final.pth alone: a second run started over in the folder moves the first
+    # one's rows (summary included) to metrics.dropped.jsonl, while its model_final.pth and eval/ files stay.
+    finished = _summary_row(run_dir) is not None
     if evals and finished:
         return "complete", {}
     if os.path.isfile(os.path.join(run_dir, "last_checkpoint")):
@@ -527,7 +533,9 @@ def _run_record(run: compare.Run, role_runs: dict) -> dict:
               "iterations": summary.get("iterations"), "threads": _attempt_threads(attempts) or None,
               "wall_seconds": round(sum(a["wall_seconds"] for a in attempts), 1) if attempts else None,
               "results": {d: {"AP50": r["AP50"], "per_class": r.get("per_class", {}), "evaluated": run.evaluated[d]}
-                          for d, r in run.results.items()}}
+                          for d, r in run.results.items()},
+              # the logged training losses, so a rerun of the first iterations can be checked against the report
+              "total_loss": {str(r["iteration"]): r["total_loss"] for r in _metrics_rows(run.path) if "total_loss" in r}}
     for role, runs in role_runs.items():
         other = runs.get(run.path)
         if other is not None:
@@ -602,7 +610,12 @@ def build_report(protocol: Protocol, specs: Sequence[RunSpec], *, command: str =
     complete = [s.output_dir for s in specs if s.state == "complete"]
     missing = [_shown(s.output_dir) for s in specs if s.state != "complete"]
     if not complete:
-        raise FileNotFoundError(f"no complete run of protocol {protocol.name!r} yet ({len(missing)} to train)")
+        changed = sum(s.state == "changed" for s in specs)
+        todo = f"{len(missing) - changed} to train" if len(missing) > changed else ""
+        if changed:
+            todo += (", " if todo else "") + (f"{changed} trained with another config: rerun with --rerun-changed "
+                                              "to retrain them, or point --output-root elsewhere")
+        raise FileNotFoundError(f"no complete run of protocol {protocol.name!r} yet ({todo})")
     runs = _filter([compare.load_run(p, group_by="parent") for p in complete], protocol.datasets)
     # an INIT_FROM entry's MODEL.WEIGHTS is its own seed's start: it differs between seeds by design
     initialised = {e.name for e in protocol.entries if e.init_from}
@@ -623,7 +636,10 @@ def build_report(protocol: Protocol, specs: Sequence[RunSpec], *, command: str =
             role_runs[role] = {r.path: r for r in loaded}
             if loaded:
                 role_summaries[role] = compare.summarize(loaded)
-    curves = compare.summarize_curves(runs)
+    adapted = [r for r in runs if compare.is_adaptation_run(r)]
+    curves = compare.summarize_curves([r for r in runs if not compare.is_adaptation_run(r)])
+    adaptation_curves = compare.summarize_adaptation_curves(adapted)
+    pseudo_curves = compare.summarize_pseudo_label_curves(adapted)
     gap = gap_closed(summary, protocol.gap["SOURCE_ONLY"], protocol.gap["ORACLE"]) if protocol.gap else None
     records = [_run_record(r, role_runs) for r in runs]
     train_seconds = [r["train_seconds"] for r in records if r["train_seconds"] is not None]
@@ -644,13 +660,58 @@ def build_report(protocol: Protocol, specs: Sequence[RunSpec], *, command: str =
         "curves": {d: {c.method: {"iterations": c.iterations, "mean": c.mean, "std": c.std, "n": c.n,
                                   "values": {p: {str(i): v for i, v in pts.items()} for p, pts in c.values.items()}}
                        for c in rows} for d, rows in curves.items()},
+        "adaptation_curves": {d: {f"{c.method}/{c.role}": _curve_json(c) for c in rows}
+                              for d, rows in adaptation_curves.items()},
+        "pseudo_label_curves": {k: {c.method: _curve_json(c) for c in rows} for k, rows in pseudo_curves.items()},
         "runs": {name: [r for r, run in zip(records, runs) if run.method == name] for name in order},
         "train_seconds": {"total": round(sum(train_seconds), 1), "per_run_mean": round(sum(train_seconds) /
                                                                                       len(train_seconds), 1)
                           if train_seconds else None},
         "wall_seconds_total": round(sum(wall_seconds), 1) if wall_seconds else None,
-        "_objects": {"summary": summary, "roles": role_summaries, "curves": curves},  # dropped from the JSON
+        "_objects": {"summary": summary, "roles": role_summaries, "curves": curves,  # dropped from the JSON
+                     "adaptation_curves": adaptation_curves, "pseudo_label_curves": pseudo_curves},
     }
+
+
+def _curve_json(c: compare.Curve) -> dict:
+    return {"iterations": c.iterations, "mean": c.mean, "std": c.std, "n": c.n,
+            "values": {p: {str(i): v for i, v in pts.items()} for p, pts in c.values.items()}}
+
+
+def _first_last(curve: Optional[compare.Curve], digits: int, percent: bool = False) -> str:
+    """``"a -> b"``: the curve's mean at its first and last logged iteration."""
+    if curve is None or not curve.iterations:
+        return "–"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    shown = [f"{scale * v:.{digits}f}{unit}" if math.isfinite(v) else "n/a" for v in (curve.mean[0], curve.mean[-1])]
+    return " → ".join(shown)
+
+
+def pseudo_label_lines(report: dict) -> list[str]:
+    """Markdown: the pseudo-labels of each domain-adaptation entry at its first and last logged rows (means over seeds)."""
+    curves = report["_objects"].get("pseudo_label_curves") or {}
+    if not curves:
+        return []
+    by = {key: {c.method: c for c in rows} for key, rows in curves.items()}
+    lines = ["", "## Pseudo-labels (domain-adaptation runs)", "",
+             "The teacher's pseudo-labels on the target training images, pooled over each log period, at the first "
+             "and the last logged row of adaptation (mean over seeds; adaptation iterations in brackets). Precision "
+             "and recall are at IoU 0.5 against the target split's own annotations (never given to the student unless "
+             "DA.TARGET_LABELS ground_truth); `pseudo_*` keys of each run's metrics.jsonl hold every row, per class too. "
+             f"Curves: `{report['protocol']}_adaptation.png`.", "",
+             "| entry | rows (iterations) | per image | images without | precision | recall |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name in [e["name"] for e in report["entries"]]:
+        row = [by.get(key, {}).get(name) for key in compare.PSEUDO_LABEL_CURVES]
+        present = [c for c in row if c is not None and c.iterations]
+        if not present:
+            continue
+        its = present[0].iterations
+        precision, recall, per_image, without = row
+        lines.append(f"| {name} | {len(its)} ({its[0]}–{its[-1]}) | {_first_last(per_image, 2)} | "
+                     f"{_first_last(without, 0, percent=True)} | {_first_last(precision, 0, percent=True)} | "
+                     f"{_first_last(recall, 0, percent=True)} |")
+    return lines
 
 
 def _is_train_split(dataset: str) -> bool:
@@ -725,8 +786,12 @@ def to_markdown(report: dict) -> str:
     if report["missing_runs"]:
         lines += ["", f"**Incomplete: {len(report['missing_runs'])} run(s) not in this report:** "
                   + ", ".join(f"`{p}`" for p in report["missing_runs"])]
+    lines += pseudo_label_lines(report)
     if report["curves"]:
         lines += ["", f"Learning curves: `{report['protocol']}_curves.png` (values in the JSON)."]
+    if report.get("adaptation_curves") or report.get("pseudo_label_curves"):
+        lines += ["", f"Adaptation curves (teacher and student AP50 over adaptation iterations, from their starting "
+                  f"model; pseudo-label precision, recall and counts): `{report['protocol']}_adaptation.png`."]
     lines += ["", "Reproduce:", "", "```", report["command"] or f"make benchmark PROTOCOL={report['protocol']}",
               "```", ""]
     return "\n".join(lines)
@@ -743,7 +808,8 @@ def _json_ready(obj):
 
 
 def write_report(report: dict, out_dir: str) -> list[str]:
-    """``<protocol>.md``, ``.png``, ``.json`` (NaN written as null) and ``_curves.png`` when there are curves."""
+    """``<protocol>.md``, ``.png``, ``.json`` (NaN written as null), ``_curves.png`` when there are curves and
+    ``_adaptation.png`` when domain-adaptation runs left curves or pseudo-label metrics."""
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, report["protocol"])
     objects = report["_objects"]
@@ -758,4 +824,12 @@ def write_report(report: dict, out_dir: str) -> list[str]:
         compare.plot_curves(objects["curves"], base + "_curves.png", title=f"benchmark: {report['protocol']}",
                             panel_titles={d: _dataset_label(d) for d in objects["curves"]})
         written.append(base + "_curves.png")
+    panels = {**objects.get("adaptation_curves", {}), **objects.get("pseudo_label_curves", {})}
+    if panels:
+        titles = {d: f"{_dataset_label(d)}: teacher / student" for d in objects.get("adaptation_curves", {})}
+        titles.update({k: v for k, v in compare.PSEUDO_LABEL_CURVES.items() if k in panels})
+        compare.plot_curves(panels, base + "_adaptation.png", title=f"benchmark: {report['protocol']} (adaptation)",
+                            panel_titles=titles, xlabel="adaptation iteration",
+                            ylabels={k: "mean ± std over seeds" for k in compare.PSEUDO_LABEL_CURVES})
+        written.append(base + "_adaptation.png")
     return written

@@ -29,13 +29,20 @@ from typing import Iterable, Optional, Sequence
 
 import yaml
 
-__all__ = ["GROUP_BY", "ROLES", "Run", "MethodSummary", "Curve", "find_run_dirs", "has_roles", "load_run", "load_runs", "method_of",
-           "summarize", "flatten_config", "config_differences", "check_poolable", "read_curves", "summarize_curves",
-           "mean_std", "format_ap", "to_markdown", "plot", "plot_curves"]
+__all__ = ["GROUP_BY", "ROLES", "PSEUDO_LABEL_CURVES", "Run", "MethodSummary", "Curve", "find_run_dirs", "has_roles",
+           "load_run", "load_runs", "method_of", "summarize", "flatten_config", "config_differences", "check_poolable",
+           "read_curves", "summarize_curves", "is_adaptation_run", "read_adaptation_curves",
+           "summarize_adaptation_curves", "read_metric_curves", "summarize_pseudo_label_curves", "mean_std",
+           "format_ap", "to_markdown", "plot", "plot_curves"]
 
 _SEED_DIR = re.compile(r"^seed\d+$")
 GROUP_BY = ("auto", "parent", "config", "dir")
 ROLES = ("auto", "teacher", "student", "model")  # which model of an eval file: auto = the teacher, else the student, else the model
+# metrics.jsonl keys of a domain-adaptation run drawn over adaptation iterations, with their panel titles
+PSEUDO_LABEL_CURVES = {"pseudo_precision": "pseudo-label precision (IoU 0.5)",
+                       "pseudo_recall": "pseudo-label recall (IoU 0.5)",
+                       "pseudo_labels_per_image": "pseudo-labels per target image",
+                       "pseudo_images_without_labels": "share of target images without pseudo-labels"}
 
 
 @dataclass
@@ -74,10 +81,11 @@ class MethodSummary:
 
 @dataclass
 class Curve:
-    """AP50 over training iterations of one method on one dataset, over its runs (seeds).
+    """AP50 (or another logged value) over training iterations of one method on one dataset, over its runs (seeds).
 
     ``mean[i]`` / ``std[i]`` (ddof 1, NaN with one run) / ``n[i]`` are over the runs that evaluated at
-    ``iterations[i]``; ``values[run path]`` holds each run's ``{iteration: AP50}``.
+    ``iterations[i]``; ``values[run path]`` holds each run's ``{iteration: AP50}``. ``role``: which model of a
+    domain-adaptation run (``teacher`` / ``student``), "" otherwise.
     """
 
     method: str
@@ -87,6 +95,7 @@ class Curve:
     std: list[float]
     n: list[int]
     values: dict[str, dict[int, float]]
+    role: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,16 +383,116 @@ def summarize_curves(runs: Sequence[Run], role: str = "auto") -> dict[str, list[
     for run in runs:
         for dataset, points in read_curves(run, role).items():
             grouped.setdefault(dataset, {}).setdefault(run.method, {})[run.path] = points
+    return {dataset: [_curve(method, dataset, per_run) for method, per_run in methods.items()]
+            for dataset, methods in grouped.items()}
+
+
+def _curve(method: str, dataset: str, per_run: dict[str, dict[int, float]], role: str = "") -> Curve:
+    its = sorted({i for points in per_run.values() for i in points})
+    stats = [mean_std(points[i] for points in per_run.values() if i in points) for i in its]
+    return Curve(method=method, dataset=dataset, iterations=its, mean=[m for m, _, _ in stats],
+                 std=[s for _, s, _ in stats], n=[k for _, _, k in stats], values=per_run, role=role)
+
+
+def is_adaptation_run(run: Run) -> bool:
+    """Whether the run trained with domain adaptation (``DA.ENABLED`` in its config)."""
+    return bool((run.config.get("DA") or {}).get("ENABLED"))
+
+
+def _burn_in(run: Run) -> int:
+    return int((run.config.get("DA") or {}).get("BURN_IN_ITERS") or 0)
+
+
+def _start_results(run: Run) -> dict[str, float]:
+    """``{dataset: AP50}`` of the model an adaptation run started from: the run folder holding its ``MODEL.WEIGHTS``
+    (a benchmark's INIT_FROM run), when that folder has results; ``{}`` otherwise."""
+    weights = (run.config.get("MODEL") or {}).get("WEIGHTS") or ""
+    folder = os.path.dirname(weights)
+    if not folder or not _is_run_dir(folder):
+        return {}
+    try:
+        start = load_run(folder, group_by="dir")
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {d: float(r["AP50"]) for d, r in start.results.items()}
+
+
+def read_adaptation_curves(run: Run, role: str) -> dict[str, dict[int, float]]:
+    """``{dataset: {adaptation iteration: AP50}}`` of one model (``role``: ``teacher`` / ``student``) of a
+    domain-adaptation run, on the datasets it evaluated during training.
+
+    The axis is iterations since the end of burn-in (``iteration - DA.BURN_IN_ITERS``), so a run
+    that starts from a supervised run's weights (``BURN_IN_ITERS 0``) is not drawn on that run's
+    axis. Such a run's curves start at 0 with its starting model's result (both models start as
+    that model), read from the folder of ``MODEL.WEIGHTS`` when it holds results; each ends with
+    the run's final result of that role.
+    """
+    try:
+        own = load_run(run.path, group_by="dir", role=role)
+    except FileNotFoundError:  # no result of that role (e.g. burn-in never ended: no teacher)
+        return {}
+    own.config = run.config
+    burn_in = _burn_in(run)
+    start = _start_results(run) if burn_in == 0 else {}
     out = {}
-    for dataset, methods in grouped.items():
-        rows = []
-        for method, per_run in methods.items():
-            its = sorted({i for points in per_run.values() for i in points})
-            stats = [mean_std(points[i] for points in per_run.values() if i in points) for i in its]
-            rows.append(Curve(method=method, dataset=dataset, iterations=its, mean=[m for m, _, _ in stats],
-                              std=[s for _, s, _ in stats], n=[k for _, _, k in stats], values=per_run))
-        out[dataset] = rows
+    for dataset, points in read_curves(own, role).items():
+        shifted = {i - burn_in: v for i, v in points.items() if i >= burn_in}
+        if dataset in start:
+            shifted.setdefault(0, start[dataset])
+        out[dataset] = dict(sorted(shifted.items()))
     return out
+
+
+def summarize_adaptation_curves(runs: Sequence[Run]) -> dict[str, list[Curve]]:
+    """``{dataset: [Curve, ...]}`` over adaptation iterations (:func:`read_adaptation_curves`): per method, one
+    curve of the teacher and one of the student, mean / std / n over its runs. Other runs are left out."""
+    grouped: dict[str, dict[tuple[str, str], dict[str, dict[int, float]]]] = {}
+    for run in runs:
+        if not is_adaptation_run(run):
+            continue
+        for role in ("teacher", "student"):
+            for dataset, points in read_adaptation_curves(run, role).items():
+                grouped.setdefault(dataset, {}).setdefault((run.method, role), {})[run.path] = points
+    return {dataset: [_curve(method, dataset, per_run, role) for (method, role), per_run in methods.items()]
+            for dataset, methods in grouped.items()}
+
+
+def read_metric_curves(run: Run, keys: Iterable[str]) -> dict[str, dict[int, float]]:
+    """``{key: {adaptation iteration: value}}`` of the finite values of ``keys`` in the run's ``metrics.jsonl`` rows
+    (iteration - ``DA.BURN_IN_ITERS``; rows of the burn-in left out)."""
+    keys = list(keys)
+    burn_in = _burn_in(run)
+    out: dict[str, dict[int, float]] = {}
+    path = os.path.join(run.path, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return out
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if not isinstance(row, dict) or "iteration" not in row or int(row["iteration"]) < burn_in:
+                continue
+            for key in keys:
+                value = row.get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    out.setdefault(key, {})[int(row["iteration"]) - burn_in] = float(value)
+    return out
+
+
+def summarize_pseudo_label_curves(runs: Sequence[Run], keys: Iterable[str] = tuple(PSEUDO_LABEL_CURVES)
+                                  ) -> dict[str, list[Curve]]:
+    """``{key: [Curve, ...]}``: per method, mean / std / n over its runs of each logged pseudo-label metric
+    (:data:`PSEUDO_LABEL_CURVES`) over adaptation iterations; domain-adaptation runs only, keys in ``keys`` order."""
+    keys = list(keys)
+    grouped: dict[str, dict[str, dict[str, dict[int, float]]]] = {k: {} for k in keys}
+    for run in runs:
+        if is_adaptation_run(run):
+            for key, points in read_metric_curves(run, keys).items():
+                grouped[key].setdefault(run.method, {})[run.path] = points
+    return {key: [_curve(method, key, per_run) for method, per_run in methods.items()]
+            for key, methods in grouped.items() if methods}
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,10 +572,13 @@ def plot(summary: dict[str, list[MethodSummary]], path: str, *, title: Optional[
 
 
 def plot_curves(curves: dict[str, list[Curve]], path: str, *, title: Optional[str] = None,
-                panel_titles: Optional[dict[str, str]] = None) -> str:
+                panel_titles: Optional[dict[str, str]] = None, xlabel: str = "iteration",
+                ylabel: str = "AP50 (%)  mean ± std", ylabels: Optional[dict[str, str]] = None) -> str:
     """AP50 vs iteration: one panel per dataset, one line per method (mean over runs), a ±std band -> PNG.
 
-    ``panel_titles`` may rename panels (e.g. to mark a train split). Standalone Agg canvas, as :func:`plot`.
+    ``panel_titles`` may rename panels (e.g. to mark a train split), ``ylabels`` give some panels their own
+    y label. A method keeps one colour in every panel; a curve with a ``role`` is labelled with it, the
+    student's dashed. Standalone Agg canvas, as :func:`plot`.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -476,17 +588,21 @@ def plot_curves(curves: dict[str, list[Curve]], path: str, *, title: Optional[st
     rows = -(-max(len(datasets), 1) // cols)
     fig = Figure(figsize=(4.6 * cols, 3.6 * rows))
     FigureCanvasAgg(fig)
+    methods = list(dict.fromkeys(c.method for rows_ in curves.values() for c in rows_))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     for k, dataset in enumerate(datasets):
         ax = fig.add_subplot(rows, cols, k + 1)
         for curve in curves[dataset]:
             mean = [m for m in curve.mean]
-            (line,) = ax.plot(curve.iterations, mean, marker="o", markersize=3, label=curve.method)
+            label = f"{curve.method} ({curve.role})" if curve.role else curve.method
+            (line,) = ax.plot(curve.iterations, mean, marker="o", markersize=3, label=label,
+                              color=colours[curve.method], linestyle="--" if curve.role == "student" else "-")
             lo = [m - (s if math.isfinite(s) else 0.0) for m, s in zip(mean, curve.std)]
             hi = [m + (s if math.isfinite(s) else 0.0) for m, s in zip(mean, curve.std)]
             ax.fill_between(curve.iterations, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title((panel_titles or {}).get(dataset, dataset), fontsize=9)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("AP50 (%)  mean ± std")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel((ylabels or {}).get(dataset, ylabel))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     if title:

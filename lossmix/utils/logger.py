@@ -73,6 +73,11 @@ def report_user_errors(*, debug: bool = False, exit_code: int = 2):
     propagate with their traceback."""
     try:
         yield
+    except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM (the trainer saved model_interrupted.pth if it was training)
+        if comm.is_main_process():
+            print(f"interrupted ({err or 'Ctrl-C'}); rerun the same command with --resume to continue",
+                  file=sys.stderr)
+        raise SystemExit(130) from None
     except user_errors() as err:
         if debug:
             raise

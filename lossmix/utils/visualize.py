@@ -161,18 +161,21 @@ def draw_colourbar(width: int, height: int = 34, *, cmap: str = DEFAULT_CMAP, ti
 
 
 def draw_saliency_panel(partner_image: np.ndarray, height: int, width: int, patch, *, max_side: int = 64,
-                        min_short: int = 0, cmap: str = "inferno") -> np.ndarray:
+                        min_short: int = 0, cmap: str = "inferno", saliency: str = "fine_grained",
+                        paste: str = "stretch") -> np.ndarray:
     """The partner's saliency map as SaliencyMix sees it, with the chosen patch and the peak cell.
 
     Mirrors :func:`lossmix.data.mixing.mix_pair`: the partner is resized to the base image's
-    ``height x width`` and :func:`~lossmix.data.mixing.saliency_map` runs on it (at its working
-    resolution, shown blocky on purpose). The patch is outlined white, the peak cell marked with a
-    cross. Returns RGB at the same scale :func:`draw_instances` uses for ``min_short``.
+    ``height x width`` as training does (``paste``: ``LOSSMIX.PASTE``) and
+    :func:`~lossmix.data.mixing.saliency_map` runs on it with training's map (``saliency``:
+    ``LOSSMIX.SALIENCY``; at its working resolution, shown blocky on purpose). The patch is outlined white,
+    the peak cell marked with a cross. Returns RGB at the same scale :func:`draw_instances` uses for ``min_short``.
     """
-    from ..data.mixing import resize_to, saliency_map
+    from ..data.mixing import resize_cover, resize_to, saliency_map
 
-    resized, _ = resize_to(partner_image, np.zeros((0, 4), np.float32), height, width)
-    sal = saliency_map(resized, max_side=max_side)
+    resize = resize_to if paste == "stretch" else resize_cover
+    resized, _ = resize(partner_image, np.zeros((0, 4), np.float32), height, width)
+    sal = saliency_map(resized, max_side=max_side, method=saliency)
     heat = (_cmap(cmap)(cv2.resize(sal, (width, height), interpolation=cv2.INTER_NEAREST))[..., :3] * 255)
     heat = heat.round().astype(np.uint8)
     out, s = _upscale(heat, min_short)
@@ -205,11 +208,13 @@ def _hstack(panels: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
 
 def render_mixed_sample(record: dict, *, class_names: Optional[Sequence[str]] = None, mode: str = "",
                         method: str = "", min_short: int = 400, cmap: str = DEFAULT_CMAP,
-                        saliency_max_side: int = 64) -> np.ndarray:
+                        saliency_max_side: int = 64, saliency: str = "fine_grained",
+                        paste: str = "stretch") -> np.ndarray:
     """One picture of a mixed training sample (a record of :func:`iter_mixed_samples`), RGB.
 
     Panels: the mixed image with its boxes (:func:`draw_instances`); for ``method ==
-    "saliencymix"`` with a patch, the partner's saliency map (:func:`draw_saliency_panel`).
+    "saliencymix"`` with a patch, the partner's saliency map (:func:`draw_saliency_panel`, with training's
+    ``saliency`` map and ``paste`` mode).
     Above: mode, method, lambda and the two file names; below: the weight colour bar.
     """
     mixed = record["mixed"]
@@ -220,7 +225,7 @@ def render_mixed_sample(record: dict, *, class_names: Optional[Sequence[str]] = 
     if method == "saliencymix" and partner is not None and mixed.get("patch") is not None:
         h, w = mixed["image"].shape[:2]
         panels.append(draw_saliency_panel(partner["image"], h, w, mixed["patch"], max_side=saliency_max_side,
-                                          min_short=min_short))
+                                          min_short=min_short, saliency=saliency, paste=paste))
     body = _hstack(panels)
     n_partner = int(np.sum(mixed["from_partner"]))
     base_name = str(record["sample"].get("file_name", "?")).rsplit("/", 1)[-1]

@@ -11,6 +11,7 @@ A recipe is a class registered with :func:`register_recipe` that implements :cla
 - ``build_loader(cfg, *, start_iter)``: its training loader; ``losses(batch, iteration)``: one
   step's ``{"loss_*": Tensor}``, each weight applied where its family is produced;
   ``after_step(iteration)``: work after the optimizer step, returning extra metrics;
+  ``period_metrics()``: metrics pooled since the last call, added to each metrics.jsonl row;
   ``eval_models(iteration)``: ``{role: model or None}`` evaluated after ``iteration`` steps.
 
 ``RECIPE`` (config) names the recipe; ``auto`` is ``adaptive_teacher`` when ``DA.ENABLED``, else ``supervised``.
@@ -81,6 +82,11 @@ class Recipe:
         raise NotImplementedError
 
     def after_step(self, iteration: int) -> dict[str, float]:
+        return {}
+
+    def period_metrics(self) -> dict[str, float]:
+        """Metrics pooled over the steps since the last call: the trainer adds them to each row it logs
+        (every ``LOG_PERIOD`` iterations, every process, the same keys on each)."""
         return {}
 
     def eval_models(self, iteration: Optional[int]) -> dict[str, Optional[nn.Module]]:

@@ -17,6 +17,15 @@ One iteration (``it``), with ``B`` source and ``B`` target images per process:
   same forwards. With ``unsup_weight == 0`` the target views go through the backbone alone (only
   the discriminator needs them). After the optimizer step the teacher follows the student by EMA.
 
+What the teacher passes is measured every step and logged pooled over each log period
+(:meth:`period_metrics`, :class:`~lossmix.engine.pseudo_labels.PseudoLabelStats`): pseudo-labels per
+image, the share of target images with none, their scores and, when the target items carry
+``"ground_truth"`` (``DA.PSEUDO_LABEL_METRICS``), their precision and recall at IoU 0.5. A warning
+names the iteration when none has passed the threshold for ``DA.NO_PSEUDO_LABEL_WARN_ITERS`` iterations.
+With ``target_labels="ground_truth"`` (``DA.TARGET_LABELS``, an upper bound for experiments) the
+strong views get the target's own annotations (weight 1) in place of the pseudo-labels, with the
+same mixing, weights and box-weight policy; the teacher still runs and is still measured.
+
 Plain Adaptive Teacher is the same code with mixing off (``LOSSMIX.MODE none`` or an empty
 ``DA.MIX_PAIRS``).
 
@@ -29,20 +38,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ...data.adaptation import active_pairs, build_da_loader
+from ...data.catalog import MetadataCatalog
 from ...data.mixer import Mixer
 from ...modeling.build import build_detector
 from ...modeling.discriminator import ImageDomainDiscriminator, capture_feature, domain_loss
 from ..checkpoint import unwrap
 from ..ema import copy_weights, ema_update, make_teacher
 from ..inference import images_to_device, targets_to_device
-from ..pseudo_labels import build_pseudo_inputs, filter_pseudo_labels
+from ..pseudo_labels import NoPseudoLabelWatch, PseudoLabelStats, build_pseudo_inputs, filter_pseudo_labels
 from . import Recipe, register_recipe
 
 logger = logging.getLogger(__name__)
@@ -69,12 +79,18 @@ class AdaptiveTeacherRecipe(Recipe):
         mixer: target x target mixing of pseudo-labelled views; ``mix_targets`` turns it on.
         burn_in / ema_decay / threshold / pseudo_box_weight / unsup_weight / dis_weight /
         dis_feature / weight_by_score: ``DA.*`` (``dis_feature`` a backbone output name, e.g. "2").
+        target_labels: ``pseudo`` | ``ground_truth`` (``DA.TARGET_LABELS``: the items' ``"ground_truth"``
+            in place of the pseudo-labels).
+        class_names: names of the detector's classes, for the per-class pseudo-label metrics
+            (default: their indices, read from the student's box predictor).
+        warn_after: ``DA.NO_PSEUDO_LABEL_WARN_ITERS`` (0 = never warn).
     """
 
     def __init__(self, *, student: nn.Module, teacher: nn.Module, discriminator: nn.Module, device: torch.device,
                  mixer: Mixer, mix_targets: bool = False, burn_in: int, ema_decay: float = 0.9996,
                  threshold: float = 0.8, pseudo_box_weight: float = 0.0, unsup_weight: float = 1.0,
-                 dis_weight: float = 0.1, dis_feature: str = "2", weight_by_score: bool = False):
+                 dis_weight: float = 0.1, dis_feature: str = "2", weight_by_score: bool = False,
+                 target_labels: str = "pseudo", class_names: Optional[Sequence[str]] = None, warn_after: int = 50):
         self.student, self.teacher, self.discriminator = student, teacher, discriminator
         self.student_forward, self.discriminator_forward = student, discriminator  # DDP wrappers once distributed
         self.device, self.mixer, self.mix_targets = device, mixer, mix_targets
@@ -82,7 +98,13 @@ class AdaptiveTeacherRecipe(Recipe):
         self.pseudo_box_weight, self.unsup_weight, self.dis_weight = pseudo_box_weight, unsup_weight, dis_weight
         self.dis_feature, self.weight_by_score = str(dis_feature), weight_by_score
         self._trainable = nn.ModuleDict({"student": student, "discriminator": discriminator})
-        self.step_stats: dict[str, float] = {}
+        if target_labels not in ("pseudo", "ground_truth"):
+            raise ValueError(f"target_labels must be 'pseudo' or 'ground_truth', got {target_labels!r}")
+        self.target_labels = target_labels
+        if class_names is None:
+            class_names = [str(c) for c in range(student.roi_heads.box_predictor.cls_score.out_features - 1)]
+        self.pseudo_stats = PseudoLabelStats(class_names=class_names)
+        self.no_label_watch = NoPseudoLabelWatch(patience=warn_after, threshold=threshold)
 
     @classmethod
     def from_config(cls, cfg, *, device: torch.device) -> "AdaptiveTeacherRecipe":
@@ -100,7 +122,9 @@ class AdaptiveTeacherRecipe(Recipe):
                    mixer=Mixer.from_config(cfg), mix_targets="target_target" in active_pairs(cfg),
                    burn_in=da.BURN_IN_ITERS, ema_decay=da.EMA_DECAY, threshold=da.PSEUDO_THRESHOLD,
                    pseudo_box_weight=da.PSEUDO_BOX_WEIGHT, unsup_weight=da.UNSUP_LOSS_WEIGHT,
-                   dis_weight=da.DIS_LOSS_WEIGHT, dis_feature=str(da.DIS_FEATURE), weight_by_score=da.WEIGHT_BY_SCORE)
+                   dis_weight=da.DIS_LOSS_WEIGHT, dis_feature=str(da.DIS_FEATURE), weight_by_score=da.WEIGHT_BY_SCORE,
+                   target_labels=da.TARGET_LABELS, class_names=target_class_names(cfg),
+                   warn_after=da.NO_PSEUDO_LABEL_WARN_ITERS)
 
     # -- what run() asks for ---------------------------------------------------------------------
     @property
@@ -143,14 +167,28 @@ class AdaptiveTeacherRecipe(Recipe):
         return self.student.backbone(images.tensors)[self.dis_feature]
 
     @torch.no_grad()
-    def pseudo_label(self, target_items: list[dict]) -> list[dict]:
-        """Teacher detections on the weak views -> student inputs on the strong views (maybe mixed)."""
+    def pseudo_label(self, target_items: list[dict], iteration: Optional[int] = None) -> list[dict]:
+        """Teacher detections on the weak views -> student inputs on the strong views (maybe mixed).
+
+        The pseudo-labels are recorded in :attr:`pseudo_stats` (against the items' ``"ground_truth"``
+        when they carry it) and, with ``iteration``, in the no-pseudo-label watch. With
+        ``target_labels == "ground_truth"`` the strong views get :func:`ground_truth_labels` instead.
+        """
         self.teacher.eval()
         detections = self.teacher(images_to_device([t["weak"] for t in target_items], self.device))
         pseudo = [filter_pseudo_labels(d, self.threshold) for d in detections]
-        self.step_stats["pseudo_labels_per_image"] = float(np.mean([len(p["boxes"]) for p in pseudo]))
+        truth = [t.get("ground_truth") for t in target_items]
+        self.pseudo_stats.update(pseudo, truth if all(g is not None for g in truth) else None)
+        if iteration is not None:
+            self.no_label_watch.update(iteration, sum(len(p["boxes"]) for p in pseudo))
+        labels = pseudo
+        if self.target_labels == "ground_truth":
+            if any(g is None for g in truth):
+                raise ValueError("DA.TARGET_LABELS = 'ground_truth' but the target batch carries no ground truth "
+                                 "(the loader reads it only for that key or DA.PSEUDO_LABEL_METRICS)")
+            labels = [ground_truth_labels(g) for g in truth]
         return build_pseudo_inputs(
-            [t["strong"] for t in target_items], pseudo, positions=[t["position"] for t in target_items],
+            [t["strong"] for t in target_items], labels, positions=[t["position"] for t in target_items],
             mixer=self.mixer, mix=self.mix_targets, weight_by_score=self.weight_by_score,
             box_weight=self.pseudo_box_weight)
 
@@ -169,7 +207,6 @@ class AdaptiveTeacherRecipe(Recipe):
 
     # -- the step ---------------------------------------------------------------------------------
     def losses(self, batch: dict, iteration: int) -> dict[str, torch.Tensor]:
-        self.step_stats = {}
         if iteration < self.burn_in:
             return self.detector_losses(batch["source"])
         if iteration == self.burn_in:
@@ -183,7 +220,7 @@ class AdaptiveTeacherRecipe(Recipe):
             return losses
         targets = batch["target"]
         if self.unsup_weight > 0:
-            inputs = self.pseudo_label(targets)
+            inputs = self.pseudo_label(targets, iteration)
             with self._features(use_dis) as captured:
                 pseudo = self.detector_losses(inputs)
             losses.update({f"{k}_pseudo": self.unsup_weight * v for k, v in pseudo.items()})
@@ -199,4 +236,22 @@ class AdaptiveTeacherRecipe(Recipe):
     def after_step(self, iteration: int) -> dict[str, float]:
         if iteration >= self.burn_in:
             ema_update(self.teacher, self.student, self.ema_decay)
-        return self.step_stats
+        return {}
+
+    def period_metrics(self) -> dict[str, float]:
+        """The pseudo-label metrics pooled over the steps since the last call (:meth:`PseudoLabelStats.summary`)."""
+        return self.pseudo_stats.summary()
+
+
+def ground_truth_labels(ground_truth: dict) -> dict:
+    """A target image's annotations as pseudo-labels (scores 1, so weight 1 with or without ``weight_by_score``)."""
+    n = len(ground_truth["classes"])
+    return {"boxes": np.asarray(ground_truth["boxes"], np.float32).reshape(-1, 4),
+            "classes": np.asarray(ground_truth["classes"], np.int64), "scores": np.ones(n, np.float32)}
+
+
+def target_class_names(cfg) -> Optional[list[str]]:
+    """The class names of the first target set (its ``thing_classes``), or None when it records none."""
+    names = cfg.DATASETS.TRAIN_UNLABELED
+    classes = MetadataCatalog.get(names[0]).get("thing_classes") if names else None
+    return list(classes) if classes and len(classes) == cfg.MODEL.ROI_HEADS.NUM_CLASSES else None
