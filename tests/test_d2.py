@@ -584,13 +584,13 @@ def _load_tool():
 def test_trainer_reduces_the_loss(tmp_path_factory, tmp_path):
     """A few iterations of the tool's Trainer on configs/d2/synthetic_lossmix.yaml (made tiny) lower the loss."""
     _synthetic(tmp_path_factory)
-    tool = _load_tool()
+    Trainer, _ = _load_tool()._trainers()
     cfg = get_cfg()
     lmd2.add_lossmix_config(cfg)
     cfg.merge_from_file(SYNTHETIC_CONFIG)
     cfg.merge_from_list(TINY + ["DATASETS.TRAIN", "('d2test_synthetic_train',)", "DATASETS.TEST", "()",
                                 "SOLVER.MAX_ITER", "16", "SOLVER.CHECKPOINT_PERIOD", "100", "OUTPUT_DIR", str(tmp_path)])
-    trainer = tool.Trainer(cfg)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]

@@ -117,3 +117,20 @@ def test_d2_config_is_built_from_the_core_definition():
     """)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok" in proc.stdout
+
+
+def test_d2_train_net_help_without_detectron2():
+    """``tools/d2_train_net.py -h`` prints its help (and how to install detectron2) where detectron2 is missing;
+    a run says how to install it."""
+    run_tool = """
+        import runpy, sys
+        sys.modules["detectron2"] = None  # as if it were not installed
+        sys.argv = ["d2_train_net.py", *ARGS]
+        runpy.run_path("tools/d2_train_net.py", run_name="__main__")
+    """
+    proc = _python(run_tool.replace("ARGS", "['-h']"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--config-file" in proc.stdout and "DA.ENABLED" in proc.stdout
+    assert "git+https://github.com/facebookresearch/detectron2.git@" in proc.stdout
+    proc = _python(run_tool.replace("ARGS", "['--config-file', 'configs/d2/synthetic_at.yaml']"))
+    assert proc.returncode != 0 and "detectron2 is not installed" in proc.stderr

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ...data.adaptation import active_pairs, build_da_loader
+from ...data.mapper import to_model_input
 from ...data.mixer import Mixer
 from ...modeling.build import build_detector
 from ...modeling.discriminator import ImageDomainDiscriminator, capture_feature, domain_loss
@@ -142,17 +143,25 @@ class AdaptiveTeacherRecipe(Recipe):
         images, _ = self.student.transform(images_to_device(inputs, self.device))
         return self.student.backbone(images.tensors)[self.dis_feature]
 
+    # numpy sample -> the student's model input (the detectron2 plug-in sets its own)
+    to_input = staticmethod(to_model_input)
+
+    def teacher_detections(self, weak_inputs: list[dict]) -> list[dict]:
+        """The teacher's detections on weak-view model inputs, as torchvision gives them
+        (``boxes`` xyxy in the input's pixels, ``scores``, ``labels`` 1-based)."""
+        return self.teacher(images_to_device(weak_inputs, self.device))
+
     @torch.no_grad()
     def pseudo_label(self, target_items: list[dict]) -> list[dict]:
         """Teacher detections on the weak views -> student inputs on the strong views (maybe mixed)."""
         self.teacher.eval()
-        detections = self.teacher(images_to_device([t["weak"] for t in target_items], self.device))
+        detections = self.teacher_detections([t["weak"] for t in target_items])
         pseudo = [filter_pseudo_labels(d, self.threshold) for d in detections]
         self.step_stats["pseudo_labels_per_image"] = float(np.mean([len(p["boxes"]) for p in pseudo]))
         return build_pseudo_inputs(
             [t["strong"] for t in target_items], pseudo, positions=[t["position"] for t in target_items],
             mixer=self.mixer, mix=self.mix_targets, weight_by_score=self.weight_by_score,
-            box_weight=self.pseudo_box_weight)
+            box_weight=self.pseudo_box_weight, to_input=self.to_input)
 
     def unlabelled_inputs(self, target_items: list[dict]) -> list[dict]:
         """Strong views as model inputs without boxes (the discriminator-only path)."""
@@ -160,7 +169,7 @@ class AdaptiveTeacherRecipe(Recipe):
         empty = [{"boxes": np.zeros((0, 4), np.float32), "classes": np.zeros(0, np.int64),
                   "scores": np.zeros(0, np.float32)}] * len(views)
         return build_pseudo_inputs(views, empty, positions=[t["position"] for t in target_items], mixer=self.mixer,
-                                   mix=False, weight_by_score=False, box_weight=0.0)
+                                   mix=False, weight_by_score=False, box_weight=0.0, to_input=self.to_input)
 
     def discriminator_loss(self, features: torch.Tensor, inputs: list[dict]) -> torch.Tensor:
         """Unweighted domain loss of feature maps; each input's ``"domain"`` is its label."""
