@@ -371,6 +371,7 @@ def test_every_d2_config_loads_and_builds():
     for name in names:
         cfg = get_cfg()
         lmd2.add_lossmix_config(cfg)
+        lmd2.add_da_config(cfg)
         cfg.merge_from_file(os.path.join(folder, name))
         validate_lossmix_config(cfg)
         assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "LossMixRPN", name

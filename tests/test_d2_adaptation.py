@@ -205,3 +205,8 @@ def test_tool_help_and_configs(data):
         assert cfg.DA.ENABLED, name
     assert (cfg.DA.EMA_DECAY, cfg.DA.PSEUDO_THRESHOLD, cfg.DA.DIS_LOSS_WEIGHT, cfg.DA.BURN_IN_ITERS,
             cfg.DA.DIS_FEATURE) == (0.9996, 0.8, 0.1, 20000, "res4")
+    from detectron2.modeling import build_model
+
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
+    model = build_model(cfg)  # AT's R101 with res4 features, the weighted heads
+    assert "res4" in model.backbone.output_shape() and type(model.roi_heads).__name__ == "LossMixStandardROIHeads"
