@@ -30,9 +30,10 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import lossmix.d2 as lmd2  # noqa: E402
 from lossmix.config import get_cfg as lossmix_get_cfg  # noqa: E402
-from lossmix.d2.config import validate_lossmix_config  # noqa: E402
+from lossmix.d2.config import D2_OVERRIDES, validate_lossmix_config  # noqa: E402
 from lossmix.d2.datasets import register_voc_folder  # noqa: E402
 from lossmix.d2.mapper import numpy_global_seed  # noqa: E402
+from lossmix.data.mixer import Mixer  # noqa: E402
 from lossmix.data.mixing import mix_pair  # noqa: E402
 from lossmix.data.synthetic import SYNTHETIC_CLASSES, generate  # noqa: E402
 
@@ -339,24 +340,24 @@ def test_heads_need_the_lossmix_config():
 
 
 # ------------------------------------------------------------------------------------------- config
-def test_config_keys_match_lossmix_and_are_commented():
+def test_config_keys_match_lossmix_and_are_read():
+    """detectron2's LOSSMIX / DA nodes are the core's (built from its definition; see also test_d2_import.py)."""
     cfg = get_cfg()
     lmd2.add_lossmix_config(cfg)
-    ours, theirs = dict(cfg.LOSSMIX), dict(lossmix_get_cfg().LOSSMIX)
-    assert ours.keys() == theirs.keys()
-    for k in ours:
-        assert ours[k] == theirs[k], k
-    source = inspect.getsource(lmd2.add_lossmix_config).splitlines()
-    for k in ours:
-        line = next(i for i, text in enumerate(source) if f"_C.LOSSMIX.{k} =" in text)
-        assert source[line - 1].strip().startswith("#"), k
-    # every key is read where detectron2 builds the mapper or the heads
-    readers = inspect.getsource(lmd2.LossMixDatasetMapper.from_config) + inspect.getsource(lmd2.LossMixRPNMixin._lossmix_args)
-    for k in ours:
+    lmd2.add_da_config(cfg)
+    core = lossmix_get_cfg()
+    for node in ("LOSSMIX", "DA"):
+        ours, theirs = dict(cfg[node]), dict(core[node])
+        assert ours.keys() == theirs.keys(), node
+        for k in ours:
+            assert ours[k] == theirs[k] or k in D2_OVERRIDES.get(node, {}), (node, k)
+    # every LOSSMIX key is read where detectron2 builds the mapper's mixer or the heads
+    readers = inspect.getsource(Mixer.from_config) + inspect.getsource(lmd2.LossMixRPNMixin._lossmix_args)
+    for k in cfg.LOSSMIX:
         assert f".{k}" in readers, f"LOSSMIX.{k} is never read"
     validate_lossmix_config(cfg)
     for key, bad in (("MODE", "mixed"), ("METHOD", "mosaic"), ("FORMULATION", "x"), ("PROB", 1.5), ("ALPHA", 0.0),
-                     ("NOISE_RANGE", (0.2, 0.1)), ("SALIENCY", "itti"), ("PASTE", "tile")):
+                     ("NOISE_RANGE", (0.2, 0.1)), ("SALIENCY", "itti"), ("PASTE", "tile"), ("OFF_LAST_ITERS", -1)):
         broken = cfg.clone()
         broken.LOSSMIX[key] = bad
         with pytest.raises(ValueError, match=f"LOSSMIX.{key}"):
@@ -370,6 +371,7 @@ def test_every_d2_config_loads_and_builds():
     for name in names:
         cfg = get_cfg()
         lmd2.add_lossmix_config(cfg)
+        lmd2.add_da_config(cfg)
         cfg.merge_from_file(os.path.join(folder, name))
         validate_lossmix_config(cfg)
         assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "LossMixRPN", name
@@ -397,7 +399,8 @@ def _write_images(tmp_path):
 
 
 def _mapper(fmt="BGR", augmentations=(), **kw):
-    return lmd2.LossMixDatasetMapper(is_train=True, augmentations=list(augmentations), image_format=fmt, **kw)
+    return lmd2.LossMixDatasetMapper(is_train=True, augmentations=list(augmentations), image_format=fmt,
+                                     mixer=Mixer(**kw))
 
 
 @pytest.mark.parametrize("mode,method,extra", [
@@ -407,9 +410,10 @@ def _mapper(fmt="BGR", augmentations=(), **kw):
 def test_mapper_mix_matches_lossmix_mixing(tmp_path, mode, method, extra, fmt):
     a, b = _write_images(tmp_path)
     mapper = _mapper(fmt, mode=mode, method=method, min_visible=0.1, **extra)
-    plan = mapper.plan(np.random.default_rng(7))
+    plan = mapper.mixer.plan(np.random.default_rng(7))
     assert plan.mode == mode
-    out = mapper.mix(mapper.load(a), mapper.load(b), plan, np.random.default_rng(8))
+    out = mapper.to_input(mapper.mixer.apply(mapper.load_sample(a), mapper.load_sample(b), plan,
+                                             np.random.default_rng(8)))
 
     expected = mix_pair({"image": a["rgb"], "boxes": a["boxes"], "classes": a["classes"]},
                         {"image": b["rgb"], "boxes": b["boxes"], "classes": b["classes"]},
@@ -455,8 +459,10 @@ def test_mapper_from_config_and_refusals():
     cfg.LOSSMIX.MODE, cfg.LOSSMIX.METHOD, cfg.LOSSMIX.PROB = "lossmix", "cutmix", 0.5
     cfg.LOSSMIX.SALIENCY, cfg.LOSSMIX.PASTE = "spectral_residual", "keep_aspect"
     mapper = lmd2.LossMixDatasetMapper(cfg, is_train=True)
-    assert (mapper.mode, mapper.method, mapper.prob, mapper.image_format) == ("lossmix", "cutmix", 0.5, "BGR")
-    assert (mapper.saliency, mapper.paste) == ("spectral_residual", "keep_aspect")
+    m = mapper.mixer
+    assert (m.mode, m.method, m.prob, mapper.image_format) == ("lossmix", "cutmix", 0.5, "BGR")
+    assert (m.saliency, m.paste) == ("spectral_residual", "keep_aspect")
+    assert m.seed >= 0  # detectron2's SEED -1: one drawn at start
     assert not lmd2.LossMixDatasetMapper(cfg, is_train=False).mixes
     cfg.INPUT.FORMAT = "L"
     with pytest.raises(ValueError, match="INPUT.FORMAT"):
@@ -536,20 +542,35 @@ def test_loader_pairs_mixes_and_is_reproducible(tmp_path_factory):
     assert _summary(_take(lmd2.build_lossmix_train_loader(_loader_cfg(SEED=4)), 4)) != first
 
 
-def test_loader_partner_choice_is_separate_from_mixing(tmp_path_factory):
+def test_loader_uses_the_core_streams_and_partner_rule(tmp_path_factory):
+    """A d2 sample is the core's: augmentation on sample_rng(seed, p), mixing on Mixer.rng(p), the loaded
+    partner uniform over the pool from the sample's stream; only the structures differ."""
+    from lossmix.data.mixer import partner_index, sample_rng
+
     _synthetic(tmp_path_factory)
     cfg = _loader_cfg()
     dicts = DatasetCatalog.get("d2test_synthetic_train")
     mapper = lmd2.LossMixDatasetMapper(cfg, is_train=True)
-    ds = lmd2.LossMixTrainDataset(dicts, mapper, seed=3, rank=0)
-    ds_other_partners = lmd2.LossMixTrainDataset(dicts, mapper, seed=3, rank=0, partners=dicts[::-1])
-    for p in range(6):
-        a, b = ds[(p, 0)], ds_other_partners[(p, 0)]
-        assert a["lossmix_lam"] == b["lossmix_lam"]  # same mixing draws whatever the partner pool
-    assert [ds.partner_index(p) for p in range(6)] != [lmd2.LossMixTrainDataset(dicts, mapper, seed=3, rank=1)
-                                                       .partner_index(p) for p in range(6)]
+    ds = lmd2.LossMixTrainDataset(dicts, mapper, local_batch=2, rank=1, world_size=2)
+    mixer = mapper.mixer
+    for local in range(4):
+        p = ds.position(local)
+        assert p == (local // 2) * 4 + 2 + local % 2  # rank 1 of 2, two images each
+        got = ds[(local, 3)]
+        rng = sample_rng(mixer.seed, p)
+        base = mapper.load_sample(dicts[3], rng)
+        partner = mapper.load_sample(dicts[partner_index(rng, len(dicts))], rng)
+        expected = mixer.mix(base, partner, mixer.rng(p), position=p)
+        assert got["lossmix_position"] == p and got["lossmix_lam"] == pytest.approx(expected["lam"])
+        np.testing.assert_array_equal(got["image"].permute(1, 2, 0).numpy()[..., ::-1], expected["image"])
+        np.testing.assert_allclose(got["instances"].gt_weights.numpy(), expected["weights"])
+    other_partners = lmd2.LossMixTrainDataset(dicts, mapper, local_batch=2, rank=0, partners=dicts[::-1])
+    same = lmd2.LossMixTrainDataset(dicts, mapper, local_batch=2, rank=0)
+    for local in range(6):  # the partner pool does not move the mixing draws
+        assert other_partners[(local, 0)]["lossmix_lam"] == same[(local, 0)]["lossmix_lam"] or \
+            mixer.method != "mixup"
     unmixed = lmd2.LossMixTrainDataset(dicts, lmd2.LossMixDatasetMapper(_loader_cfg(**{"LOSSMIX.MODE": "none"}),
-                                                                        is_train=True), seed=3, rank=0)[(0, 1)]
+                                                                        is_train=True), local_batch=2)[(0, 1)]
     assert unmixed["lossmix_lam"] == 1.0 and bool(unmixed["instances"].gt_weights.eq(1).all())
 
 
@@ -564,13 +585,13 @@ def _load_tool():
 def test_trainer_reduces_the_loss(tmp_path_factory, tmp_path):
     """A few iterations of the tool's Trainer on configs/d2/synthetic_lossmix.yaml (made tiny) lower the loss."""
     _synthetic(tmp_path_factory)
-    tool = _load_tool()
+    Trainer, _ = _load_tool()._trainers()
     cfg = get_cfg()
     lmd2.add_lossmix_config(cfg)
     cfg.merge_from_file(SYNTHETIC_CONFIG)
     cfg.merge_from_list(TINY + ["DATASETS.TRAIN", "('d2test_synthetic_train',)", "DATASETS.TEST", "()",
                                 "SOLVER.MAX_ITER", "16", "SOLVER.CHECKPOINT_PERIOD", "100", "OUTPUT_DIR", str(tmp_path)])
-    trainer = tool.Trainer(cfg)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]

@@ -17,7 +17,16 @@ def dicts(tmp_path_factory):
 
 
 def _mapper(**kw):
-    return LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, flip_prob=0.5, mixer=Mixer(**kw))
+    """``(dict, partner dict, rng) -> model input``: both loaded on one generator and mixed by a Mixer."""
+    mapper = LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, flip_prob=0.5)
+    mixer = Mixer(**kw)
+
+    def run(d, partner_d, rng):
+        sample = mapper.load(d, rng)
+        partner = mapper.load(partner_d, rng) if partner_d is not None and mixer.mixes else None
+        return to_model_input(mixer.mix(sample, partner, rng))
+
+    return run
 
 
 def _equal(a, b):
@@ -83,7 +92,7 @@ def test_prob_zero_equals_no_mixing(dicts):
 
 
 def test_loader_stream_depends_only_on_seed_and_position(dicts):
-    m = _mapper(mode="lossmix", method="cutmix", min_visible=0.1)
+    m = LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, flip_prob=0.5)
     collate = MixCollate(Mixer(mode="lossmix", method="cutmix", min_visible=0.1, seed=5))
 
     def batches(start_iter, n, seed=5):
@@ -118,7 +127,7 @@ def test_visualiser_shows_exactly_what_the_loader_yields(dicts):
     from lossmix.utils.visualize import iter_mixed_samples
 
     mixer = Mixer(mode="lossmix", method="cutmix", min_visible=0.1, seed=3)
-    m = LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, mixer=mixer)
+    m = LossMixDatasetMapper(min_sizes=(80, 96), max_size=128)
     loader = DataLoader(TrainDataset(dicts, m, seed=3), batch_size=2, sampler=TrainPositions(2, 0, rank=0, world_size=1),
                         collate_fn=MixCollate(mixer))
     batches = iter(loader)

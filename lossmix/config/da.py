@@ -11,9 +11,8 @@ _NON_NEGATIVE = ("DA.BURN_IN_ITERS", "DA.PSEUDO_BOX_WEIGHT", "DA.UNSUP_LOSS_WEIG
                  "DA.GRL_LAMBDA")
 
 
-@register_validator
-def validate_da(cfg) -> None:
-    """Ranges of the ``DA.*`` keys; an enabled DA run needs unlabelled data."""
+def validate_da_common(cfg) -> None:
+    """The ``DA.*`` checks every back-end shares (all but ``DA.DIS_FEATURE``, whose form is the back-end's)."""
     for key in _UNIT_INTERVAL:
         v = _get(cfg, key)
         if not 0.0 <= v <= 1.0:
@@ -26,8 +25,6 @@ def validate_da(cfg) -> None:
     unknown = [p for p in pairs if p not in MIX_PAIR_KINDS]
     if unknown or len(set(pairs)) != len(pairs):
         raise ConfigError(f"DA.MIX_PAIRS = {tuple(pairs)}; allowed: distinct entries of {', '.join(MIX_PAIR_KINDS)}")
-    if isinstance(cfg.DA.DIS_FEATURE, bool) or not isinstance(cfg.DA.DIS_FEATURE, int) or cfg.DA.DIS_FEATURE < 0:
-        raise ConfigError(f"DA.DIS_FEATURE = {cfg.DA.DIS_FEATURE!r}; allowed: an FPN level index >= 0 (e.g. 2)")
     if not isinstance(cfg.DA.WEIGHT_BY_SCORE, bool):
         raise ConfigError(f"DA.WEIGHT_BY_SCORE = {cfg.DA.WEIGHT_BY_SCORE!r}; allowed: True or False")
     for key, allowed in _CHOICES.items():
@@ -38,3 +35,11 @@ def validate_da(cfg) -> None:
         raise ConfigError(f"DA.NO_PSEUDO_LABEL_WARN_ITERS = {warn!r}; allowed: an int >= 0 (0 = never warn)")
     if cfg.DA.ENABLED and not cfg.DATASETS.TRAIN_UNLABELED:
         raise ConfigError("DA.ENABLED = True but DATASETS.TRAIN_UNLABELED is empty; name the unlabelled target set(s)")
+
+
+@register_validator
+def validate_da(cfg) -> None:
+    """Ranges of the ``DA.*`` keys; an enabled DA run needs unlabelled data."""
+    if isinstance(cfg.DA.DIS_FEATURE, bool) or not isinstance(cfg.DA.DIS_FEATURE, int) or cfg.DA.DIS_FEATURE < 0:
+        raise ConfigError(f"DA.DIS_FEATURE = {cfg.DA.DIS_FEATURE!r}; allowed: an FPN level index >= 0 (e.g. 2)")
+    validate_da_common(cfg)

@@ -148,24 +148,46 @@ def merge_from_file(cfg: CfgNode, path: str) -> None:
         raise KeyError(f"{path}: {err.args[0] if isinstance(err, KeyError) and err.args else err}") from None
 
 
-def validate(cfg: CfgNode) -> None:
-    """Reject out-of-range values at start-up (the key, the value, what is allowed)."""
+def _check_tables(cfg, prefix: str = "") -> None:
+    """The choice / range tables above, for the keys that start with ``prefix`` ("" = all)."""
     for key, allowed in choices().items():
-        if _get(cfg, key) not in allowed:
+        if key.startswith(prefix) and _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed: {', '.join(allowed)}")
     for key in _PROBABILITIES:
-        v = _get(cfg, key)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{key} = {v!r}; allowed: a number in [0, 1]")
+        if key.startswith(prefix) and not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed: a number in [0, 1]")
     for key in _NON_NEGATIVE:
-        if _get(cfg, key) < 0:
+        if key.startswith(prefix) and _get(cfg, key) < 0:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed: >= 0")
     for key in _POSITIVE:
-        if _get(cfg, key) <= 0:
+        if key.startswith(prefix) and _get(cfg, key) <= 0:
             raise ConfigError(f"{key} = {_get(cfg, key)!r}; allowed: > 0")
+
+
+def _check_lossmix_combinations(cfg) -> None:
     lo, hi = cfg.LOSSMIX.NOISE_RANGE
     if not 0.0 <= lo <= hi <= 1.0:
         raise ConfigError(f"LOSSMIX.NOISE_RANGE = {tuple(cfg.LOSSMIX.NOISE_RANGE)}; allowed: 0 <= low <= high <= 1")
+    if cfg.LOSSMIX.FORMULATION == "interpolate" and cfg.LOSSMIX.MODE == "lossmix":
+        raise ConfigError("LOSSMIX.FORMULATION = 'interpolate' with LOSSMIX.MODE = 'lossmix': interpolate applies "
+                          "lambda itself (lambda L(x, A) + (1 - lambda) L(x, B)), and lossmix's instance weights would "
+                          "apply it a second time; allowed: MODE uniform with interpolate (the exact interpolation)")
+    off = cfg.LOSSMIX.OFF_LAST_ITERS
+    if isinstance(off, bool) or not isinstance(off, int) or off > cfg.SOLVER.MAX_ITER:
+        raise ConfigError(f"LOSSMIX.OFF_LAST_ITERS = {off!r}; allowed: an int in [0, SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER}]")
+
+
+def validate_lossmix(cfg) -> None:
+    """Only the ``LOSSMIX.*`` checks of :func:`validate` (they read ``SOLVER.MAX_ITER`` besides); the detectron2
+    plug-in validates its ``LOSSMIX`` node, built from the same definition, with this."""
+    _check_tables(cfg, "LOSSMIX.")
+    _check_lossmix_combinations(cfg)
+
+
+def validate(cfg: CfgNode) -> None:
+    """Reject out-of-range values at start-up (the key, the value, what is allowed)."""
+    _check_tables(cfg)
+    _check_lossmix_combinations(cfg)
     bg, fg = cfg.MODEL.RPN.IOU_THRESHOLDS
     if not 0.0 <= bg <= fg <= 1.0:
         raise ConfigError(f"MODEL.RPN.IOU_THRESHOLDS = {[bg, fg]}; allowed: 0 <= background <= foreground <= 1")
@@ -173,17 +195,10 @@ def validate(cfg: CfgNode) -> None:
         raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {cfg.INPUT.MIN_SIZE_TRAIN}; allowed: positive sizes")
     if any(s < 0 for s in cfg.SOLVER.STEPS) or list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
         raise ConfigError(f"SOLVER.STEPS = {cfg.SOLVER.STEPS}; allowed: increasing non-negative iterations")
-    if cfg.LOSSMIX.FORMULATION == "interpolate" and cfg.LOSSMIX.MODE == "lossmix":
-        raise ConfigError("LOSSMIX.FORMULATION = 'interpolate' with LOSSMIX.MODE = 'lossmix': interpolate applies "
-                          "lambda itself (lambda L(x, A) + (1 - lambda) L(x, B)), and lossmix's instance weights would "
-                          "apply it a second time; allowed: MODE uniform with interpolate (the exact interpolation)")
     extra = [d for d in cfg.TEST.EVAL_PERIOD_DATASETS if d not in cfg.DATASETS.TEST]
     if extra:
         raise ConfigError(f"TEST.EVAL_PERIOD_DATASETS = {list(cfg.TEST.EVAL_PERIOD_DATASETS)}: {extra} not in "
                           f"DATASETS.TEST; allowed: a subset of {list(cfg.DATASETS.TEST)}")
-    off = cfg.LOSSMIX.OFF_LAST_ITERS
-    if isinstance(off, bool) or not isinstance(off, int) or off > cfg.SOLVER.MAX_ITER:
-        raise ConfigError(f"LOSSMIX.OFF_LAST_ITERS = {off!r}; allowed: an int in [0, SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER}]")
     # Names (MODEL.BACKBONE.NAME / NORM, RECIPE) are checked by their registries when the component is built.
     for hook in _VALIDATORS:
         hook(cfg)

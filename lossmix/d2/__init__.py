@@ -10,8 +10,11 @@ registers ``LossMixRPN`` (``PROPOSAL_GENERATOR_REGISTRY``) and ``LossMixStandard
     # and in the YAML: MODEL.PROPOSAL_GENERATOR.NAME "LossMixRPN",
     #                  MODEL.ROI_HEADS.NAME "LossMixStandardROIHeads" (or "LossMixRes5ROIHeads")
 
-The mixing maths are :mod:`lossmix.data.mixing`'s and the weighted reductions
+The config keys are built from :mod:`lossmix.config`'s definition, the mixing policy, partner rule
+and random streams are the core :class:`~lossmix.data.mixer.Mixer`'s, the weighted reductions
 :mod:`lossmix.modeling.losses`'; this subpackage only adapts them to detectron2's data structures.
+Adaptive-Teacher training (EMA teacher, pseudo-labels, domain discriminator, LossMix pairs) on
+detectron2 models: :mod:`lossmix.d2.adaptation`, selected by ``DA.ENABLED`` in ``tools/d2_train_net.py``.
 """
 try:
     import detectron2  # noqa: F401
@@ -24,9 +27,10 @@ except ImportError as e:  # pragma: no cover - exercised by tests/test_d2_import
         "'Using lossmix from detectron2'). The rest of lossmix works without it."
     ) from e
 
-from .config import add_lossmix_config
+from ..data.mixer import Mixer, MixPlan
+from .config import add_da_config, add_lossmix_config
 from .data import LossMixTrainDataset, PositionedSampler, build_lossmix_train_loader, set_loader_start_iter
-from .mapper import LossMixDatasetMapper, MixPlan
+from .mapper import LossMixDatasetMapper
 from .modeling import (
     LossMixFastRCNNOutputLayers,
     LossMixOutputLayersMixin,
@@ -40,6 +44,8 @@ from .modeling import (
 
 __all__ = [
     "add_lossmix_config",
+    "add_da_config",
+    "Mixer",
     "LossMixDatasetMapper",
     "MixPlan",
     "LossMixTrainDataset",

@@ -1,24 +1,24 @@
-"""A detectron2 ``DatasetMapper`` that mixes a sample with a partner and weighs every instance.
+"""A detectron2 ``DatasetMapper`` whose outputs the core :class:`~lossmix.data.mixer.Mixer` can mix.
 
-Two stages, so partner choice stays outside the mapper (see :mod:`lossmix.d2.data`):
+This module only adapts data structures; what is mixed with what, and how, is the core's:
 
 - :meth:`LossMixDatasetMapper.load`: detectron2's own ``DatasetMapper`` on one dataset dict (read in
   ``INPUT.FORMAT``, ``INPUT.*`` augmentations, annotations to ``Instances``), its random draws
   taken from a passed ``numpy.random.Generator`` instead of the global numpy state;
-- :meth:`LossMixDatasetMapper.mix`: two loaded dicts -> one model input
-  ``{"image": CxHxW uint8 tensor in INPUT.FORMAT, "instances": Instances, "lossmix_lam": float, ...}``
-  via :func:`lossmix.data.mixing.mix_pair` (the same maths as the torchvision side).
+- :meth:`LossMixDatasetMapper.to_sample`: such a dict -> the core's numpy sample (``HxWx3`` uint8
+  RGB, boxes, classes, incoming weights from ``gt_weights``);
+- :meth:`LossMixDatasetMapper.to_input`: a (mixed) core sample -> a detectron2 model input
+  ``{"image": CxHxW uint8 tensor in INPUT.FORMAT, "instances": Instances, "lossmix_lam": float, ...}``.
 
 ``instances`` carries detectron2's ``gt_boxes`` / ``gt_classes`` plus, per instance:
-``gt_weights`` (float32, the loss weight), ``gt_from_partner`` (bool) and ``gt_lam`` (float32, the
-image's lambda, i.e. A's share) -- the last two are what ``LOSSMIX.FORMULATION interpolate`` reads.
-An incoming ``gt_weights`` (e.g. pseudo-label confidences) is multiplied, as in ``mix_pair``.
+``gt_weights`` (float32, the loss weight), ``gt_from_partner`` (bool), ``gt_lam`` (float32, the
+image's lambda, i.e. A's share) -- the last two are what ``LOSSMIX.FORMULATION interpolate`` reads --
+and ``gt_box_weights`` when the sample has ``box_weights`` (pseudo-labels).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -27,24 +27,12 @@ from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.structures import Boxes, Instances
 
-from ..data.mixing import METHODS, MODES, PASTE_MODES, SALIENCY_METHODS, mix_pair, sample_lambda
+from ..data.mixer import Mixer
 
 logger = logging.getLogger(__name__)
 
 MIXABLE_FORMATS = ("BGR", "RGB")
-
-
-@dataclass(frozen=True)
-class MixPlan:
-    """What :meth:`LossMixDatasetMapper.plan` drew for one sample: the mode actually applied
-    (``"none"`` when not mixed) and its lambda / noise weight."""
-
-    mode: str
-    lam: Optional[float] = None
-    noise_weight: Optional[float] = None
-
-
-NO_MIX = MixPlan("none")
+_META = ("file_name", "image_id", "height", "width")
 
 
 @contextlib.contextmanager
@@ -62,34 +50,27 @@ def numpy_global_seed(rng: Optional[np.random.Generator]):
         np.random.set_state(state)
 
 
+def stream_seed(cfg) -> int:
+    """``SEED``, or (``SEED < 0``) one seed drawn at start and shared by all processes (all ranks must call this)."""
+    from detectron2.utils import comm
+
+    return int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
+
+
 class LossMixDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper`` plus LossMix mixing (``LOSSMIX.*``); see the module docstring.
+    """detectron2's ``DatasetMapper`` plus the conversions the core mixer needs; see the module docstring.
 
     Called on a single dict (``mapper(dataset_dict)``) it behaves like ``DatasetMapper`` and adds the
     weight fields (weights 1): mixing needs a partner, which :func:`lossmix.d2.build_lossmix_train_loader`
     supplies. In inference (``is_train=False``) it is ``DatasetMapper`` exactly.
 
-    Args (beyond ``DatasetMapper``'s): ``mode``, ``method``, ``alpha``, ``prob``, ``noise_range``,
-    ``min_visible``, ``saliency``, ``paste``: the ``LOSSMIX.*`` keys of the same names.
+    Args (beyond ``DatasetMapper``'s): ``mixer``, the core :class:`Mixer` (``LOSSMIX.*``; default: no mixing).
     """
 
     @configurable
-    def __init__(self, is_train: bool = True, *, mode: str = "none", method: str = "mixup", alpha: float = 1.0,
-                 prob: float = 1.0, noise_range=(0.0, 0.1), min_visible: float = 0.1, saliency: str = "fine_grained",
-                 paste: str = "stretch", **kwargs):
+    def __init__(self, is_train: bool = True, *, mixer: Optional[Mixer] = None, **kwargs):
         super().__init__(is_train, **kwargs)
-        if mode not in MODES:
-            raise ValueError(f"LOSSMIX.MODE must be one of {MODES}, got {mode!r}")
-        if method not in METHODS:
-            raise ValueError(f"LOSSMIX.METHOD must be one of {METHODS}, got {method!r}")
-        self.mode, self.method, self.alpha, self.prob = mode, method, float(alpha), float(prob)
-        self.noise_range = tuple(float(v) for v in noise_range)
-        self.min_visible = float(min_visible)
-        if saliency not in SALIENCY_METHODS:
-            raise ValueError(f"LOSSMIX.SALIENCY must be one of {SALIENCY_METHODS}, got {saliency!r}")
-        if paste not in PASTE_MODES:
-            raise ValueError(f"LOSSMIX.PASTE must be one of {PASTE_MODES}, got {paste!r}")
-        self.saliency, self.paste = saliency, paste
+        self.mixer = mixer if mixer is not None else Mixer()
         if self.mixes:
             if self.image_format not in MIXABLE_FORMATS:
                 raise ValueError(f"LossMix mixes {'/'.join(MIXABLE_FORMATS)} images; INPUT.FORMAT is {self.image_format!r}")
@@ -101,14 +82,12 @@ class LossMixDatasetMapper(DatasetMapper):
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
         if is_train:
-            m = cfg.LOSSMIX
-            ret.update(mode=m.MODE, method=m.METHOD, alpha=m.ALPHA, prob=m.PROB, noise_range=m.NOISE_RANGE,
-                       min_visible=m.MIN_VISIBLE, saliency=m.SALIENCY, paste=m.PASTE)
+            ret["mixer"] = Mixer.from_config(cfg, seed=stream_seed(cfg))
         return ret
 
     @property
     def mixes(self) -> bool:
-        return self.is_train and self.mode != "none" and self.prob > 0
+        return self.is_train and self.mixer.mixes
 
     # ------------------------------------------------------------------ stages
     def load(self, dataset_dict: dict, rng: Optional[np.random.Generator] = None) -> dict:
@@ -116,24 +95,9 @@ class LossMixDatasetMapper(DatasetMapper):
         with numpy_global_seed(rng):
             return DatasetMapper.__call__(self, dataset_dict)
 
-    def plan(self, rng: np.random.Generator) -> MixPlan:
-        """Draw whether to mix and with what, in ``lossmix.data.mapper``'s order: the ``PROB`` draw,
-        then lambda (uniform / lossmix) or the noise weight (noise)."""
-        if not self.mixes or rng.random() >= self.prob:
-            return NO_MIX
-        lam = sample_lambda(self.alpha, rng) if self.mode in ("uniform", "lossmix") else None
-        noise = float(rng.uniform(*self.noise_range)) if self.mode == "noise" else None
-        return MixPlan(self.mode, lam, noise)
-
-    def mix(self, base: dict, partner: Optional[dict], plan: MixPlan, rng: np.random.Generator) -> dict:
-        """Mix two :meth:`load` outputs per ``plan`` (``rng`` continues the stream ``plan`` drew from:
-        CutMix's patch, SaliencyMix's tie-breaks). Unmixed, ``base`` itself gains the weight fields."""
-        if plan.mode == "none" or partner is None:
-            return self._with_weight_fields(base)
-        mixed = mix_pair(self._to_sample(base, "base"), self._to_sample(partner, "partner"), mode=plan.mode,
-                         method=self.method, lam=plan.lam, rng=rng, min_visible=self.min_visible,
-                         noise_weight=plan.noise_weight, saliency=self.saliency, paste=self.paste)
-        return self._from_sample(base, mixed)
+    def load_sample(self, dataset_dict: dict, rng: Optional[np.random.Generator] = None) -> dict:
+        """:meth:`load` as a core numpy sample (what the core loaders and :class:`Mixer` take)."""
+        return self.to_sample(self.load(dataset_dict, rng))
 
     def __call__(self, dataset_dict: dict) -> dict:
         out = self.load(dataset_dict)
@@ -143,7 +107,7 @@ class LossMixDatasetMapper(DatasetMapper):
             logger.warning("LossMixDatasetMapper called on single dicts: nothing is mixed. Build the loader with "
                            "lossmix.d2.build_lossmix_train_loader to pair samples with partners.")
             self._warned = True
-        return self._with_weight_fields(out)
+        return self.to_input(self.to_sample(out))
 
     # ------------------------------------------------------------------ conversions
     def _image_to_rgb(self, image: torch.Tensor) -> np.ndarray:
@@ -156,45 +120,37 @@ class LossMixDatasetMapper(DatasetMapper):
         arr = rgb[..., ::-1] if self.image_format == "BGR" else rgb
         return torch.as_tensor(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
-    def _to_sample(self, d: dict, name: str) -> dict:
-        """A loaded dict -> ``mix_pair``'s sample (RGB HxWx3 uint8, boxes, classes, incoming weights)."""
+    def to_sample(self, d: dict) -> dict:
+        """A loaded dict -> the core's numpy sample (RGB HxWx3 uint8, boxes, classes, incoming weights)."""
         inst = d.get("instances")
-        if inst is None:  # e.g. an unlabelled partner: no boxes
-            n = 0
-            boxes, classes, weights = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), None
+        if inst is None:  # e.g. an unlabelled image: no boxes
+            boxes, classes, weights = np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
         else:
-            n = len(inst)
             boxes = inst.gt_boxes.tensor.numpy().astype(np.float32).reshape(-1, 4)
             classes = inst.gt_classes.numpy().astype(np.int64)
-            weights = inst.gt_weights.numpy().astype(np.float32) if inst.has("gt_weights") else None
-        if n and weights is not None and len(weights) != n:
-            raise ValueError(f"{name}: {n} instances but {len(weights)} gt_weights")
-        return {"image": self._image_to_rgb(d["image"]), "boxes": boxes, "classes": classes, "weights": weights}
+            weights = (inst.gt_weights.numpy().astype(np.float32) if inst.has("gt_weights")
+                       else np.ones(len(inst), np.float32))
+            if len(weights) != len(inst):
+                raise ValueError(f"{d.get('file_name', 'a sample')}: {len(inst)} instances but {len(weights)} gt_weights")
+        sample = {k: d[k] for k in _META if k in d}
+        sample.update(image=self._image_to_rgb(d["image"]), boxes=boxes, classes=classes, weights=weights)
+        return sample
 
-    def _from_sample(self, base: dict, mixed: dict) -> dict:
-        out = {k: v for k, v in base.items() if k not in ("image", "instances")}
-        image = mixed["image"]
+    def to_input(self, sample: dict) -> dict:
+        """A core (mixed) numpy sample -> a detectron2 model input (weights 1, lambda 1 where the sample has none)."""
+        image = sample["image"]
         h, w = image.shape[:2]
-        n = len(mixed["boxes"])
+        n = len(sample["boxes"])
+        lam = float(sample.get("lam", 1.0))
         inst = Instances((h, w))
-        inst.gt_boxes = Boxes(torch.as_tensor(mixed["boxes"], dtype=torch.float32).reshape(-1, 4))
-        inst.gt_classes = torch.as_tensor(mixed["classes"], dtype=torch.int64)
-        inst.gt_weights = torch.as_tensor(mixed["weights"], dtype=torch.float32)
-        inst.gt_from_partner = torch.as_tensor(mixed["from_partner"], dtype=torch.bool)
-        inst.gt_lam = torch.full((n,), float(mixed["lam"]), dtype=torch.float32)
-        out.update(image=self._rgb_to_image(image), instances=inst, lossmix_lam=float(mixed["lam"]))
-        return out
-
-    @staticmethod
-    def _with_weight_fields(d: dict) -> dict:
-        """An unmixed dict with the weight fields (incoming ``gt_weights`` kept, else ones), lambda 1."""
-        out = dict(d)
-        inst = out.get("instances")
-        if inst is not None:
-            n = len(inst)
-            if not inst.has("gt_weights"):
-                inst.gt_weights = torch.ones(n, dtype=torch.float32)
-            inst.gt_from_partner = torch.zeros(n, dtype=torch.bool)
-            inst.gt_lam = torch.ones(n, dtype=torch.float32)
-        out["lossmix_lam"] = 1.0
+        inst.gt_boxes = Boxes(torch.as_tensor(np.asarray(sample["boxes"]), dtype=torch.float32).reshape(-1, 4))
+        inst.gt_classes = torch.as_tensor(np.asarray(sample["classes"]), dtype=torch.int64)
+        inst.gt_weights = torch.as_tensor(np.asarray(sample.get("weights", np.ones(n))), dtype=torch.float32)
+        inst.gt_from_partner = torch.as_tensor(np.asarray(sample.get("from_partner", np.zeros(n, bool))),
+                                               dtype=torch.bool)
+        inst.gt_lam = torch.full((n,), lam, dtype=torch.float32)
+        if "box_weights" in sample:
+            inst.gt_box_weights = torch.as_tensor(np.asarray(sample["box_weights"]), dtype=torch.float32)
+        out = {k: sample[k] for k in _META if k in sample}
+        out.update(image=self._rgb_to_image(image), instances=inst, lossmix_lam=lam)
         return out

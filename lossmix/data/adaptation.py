@@ -131,11 +131,13 @@ class DomainAdaptationCollate:
     Args:
         mixer: the mixing policy, partner rule and generators (``LOSSMIX.*``, ``SEED``).
         source_pairs: enabled among ``("source_source", "source_target")``; with both, each slot
-            draws one uniformly (the first draw of its :meth:`Mixer.rng`).
+            draws one uniformly (:meth:`Mixer.choose_pair`, the first draw of its :meth:`Mixer.rng`).
+        to_input: numpy sample -> model input (default :func:`to_model_input`; the detectron2
+            plug-in passes its ``Instances`` conversion).
     """
 
-    def __init__(self, mixer: Mixer, *, source_pairs: Sequence[str]):
-        self.mixer = mixer
+    def __init__(self, mixer: Mixer, *, source_pairs: Sequence[str], to_input=to_model_input):
+        self.mixer, self.to_input = mixer, to_input
         self.source_pairs = tuple(p for p in ("source_source", "source_target") if p in source_pairs)
 
     def mix_source(self, batch: Sequence[dict], target: Optional[dict], j: int) -> dict:
@@ -143,15 +145,14 @@ class DomainAdaptationCollate:
         sample = batch[j]
         position = sample["position"]
         rng = self.mixer.rng(position)
-        kinds = [k for k in self.source_pairs if k == "source_source" or target is not None]
-        kind = kinds[int(rng.integers(len(kinds)))] if kinds else None
+        kind = self.mixer.choose_pair(rng, self.source_pairs, target_available=target is not None)
         partner = None
         if kind == "source_source":
             partner = partner_of(batch, j)
         elif kind == "source_target":
             partner = without_boxes(target["weak"])
         mixed = self.mixer.mix(sample, partner, rng, position=position)
-        inp = to_model_input(mixed)
+        inp = self.to_input(mixed)
         inp["domain"] = 1.0 - float(mixed["lam"]) if kind == "source_target" else 0.0
         return inp
 
@@ -159,40 +160,41 @@ class DomainAdaptationCollate:
         sources = [it["source"] for it in items]
         targets = [it["target"] for it in items]
         out_source = [self.mix_source(sources, t, j) for j, t in enumerate(targets)]
-        out_target = [{"weak": to_model_input(t["weak"]), "strong": t["strong"], "position": t["position"],
+        out_target = [{"weak": self.to_input(t["weak"]), "strong": t["strong"], "position": t["position"],
                        **({"ground_truth": t["ground_truth"]} if "ground_truth" in t else {})}
                       for t in targets if t is not None]
         return {"source": out_source, "target": out_target}
 
 
-def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = None) -> DataLoader:
+def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = None, mapper=None,
+                    source_dicts: Optional[list] = None, target_dicts: Optional[list] = None, mixer: Optional[Mixer] = None,
+                    to_input=to_model_input) -> DataLoader:
     """Infinite loader of ``{"source": [...], "target": [...]}`` batches for this rank (module docstring).
 
     ``SOLVER.IMS_PER_BATCH`` counts the source images of an iteration over all processes; as many
-    target images come with them.
+    target images come with them. The detectron2 plug-in passes its own ``mapper`` (any object with
+    ``load(dataset_dict, rng) -> numpy sample``), dataset dicts, ``mixer`` and ``to_input``.
     """
     world = comm.get_world_size()
     local_batch = local_batch or local_batch_size(cfg)
     pairs = active_pairs(cfg)
-    mapper = LossMixDatasetMapper.from_config(cfg, is_train=True)
+    mapper = mapper or LossMixDatasetMapper.from_config(cfg, is_train=True)
+    mixer = mixer or Mixer.from_config(cfg)
     bad_log = bad_sample_log(cfg)
-    on_bad = cfg.DATALOADER.ON_BAD_SAMPLE
-    source = TrainDataset(
-        get_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, on_bad=on_bad,
-                          bad_log=bad_log),
-        mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
-        with_partner="source_source" in pairs and local_batch == 1,
-    )
-    target_seed = int(np.random.SeedSequence([cfg.SEED, _TARGET_SEED_STREAM]).generate_state(1)[0])
-    target_dicts = get_dataset_dicts(cfg.DATASETS.TRAIN_UNLABELED, on_bad=on_bad, bad_log=bad_log)
-    target = TrainDataset(
-        target_dicts, TwoViewMapper.from_config(cfg, ground_truth=target_ground_truth(cfg, target_dicts)),
-        seed=target_seed,
-        on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_log,
-    )
+    on_bad = cfg.DATALOADER.get("ON_BAD_SAMPLE", "error")  # a detectron2 config has no such key
+    if source_dicts is None:
+        source_dicts = get_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                                         on_bad=on_bad, bad_log=bad_log)
+    if target_dicts is None:
+        target_dicts = get_dataset_dicts(cfg.DATASETS.TRAIN_UNLABELED, on_bad=on_bad, bad_log=bad_log)
+    source = TrainDataset(source_dicts, mapper, seed=mixer.seed, on_bad=on_bad, bad_log=bad_log,
+                          with_partner="source_source" in pairs and local_batch == 1)
+    target_seed = int(np.random.SeedSequence([mixer.seed, _TARGET_SEED_STREAM]).generate_state(1)[0])
+    target = TrainDataset(target_dicts, TwoViewMapper(weak=mapper, ground_truth=target_ground_truth(cfg, target_dicts)),
+                          seed=target_seed, on_bad=on_bad, bad_log=bad_log)
     dataset = DomainAdaptationDataset(source, target, global_batch=local_batch * world,
                                       target_from_iter=0 if "source_target" in pairs else cfg.DA.BURN_IN_ITERS)
-    collate = DomainAdaptationCollate(mapper.mixer, source_pairs=pairs)
+    collate = DomainAdaptationCollate(mixer, source_pairs=pairs, to_input=to_input)
     return infinite_loader(cfg, dataset, collate, local_batch=local_batch, start_iter=start_iter)
 
 

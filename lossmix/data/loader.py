@@ -2,8 +2,8 @@
 
 Training draws depend only on ``(SEED, global sample position)``: position ``p`` of iteration
 ``it`` on rank ``r`` is ``it * global_batch + r * local_batch + j``. The dataset index of ``p`` comes
-from a per-epoch permutation, its augmentation from ``default_rng([seed, p])`` and its mixing from
-``default_rng([seed, p, 1])``; so the stream is the same whatever the number of workers, and
+from a per-epoch permutation, its augmentation and its mixing from the streams of
+:mod:`lossmix.data.mixer` (``default_rng([seed, p])``, ``default_rng([seed, p, 1])``); so the stream is the same whatever the number of workers, and
 resuming at iteration ``it`` continues it exactly.
 
 Partners are the other samples of the same batch (sample ``j`` mixes with ``j + 1``), so mixing
@@ -24,7 +24,7 @@ from ..utils import comm
 from .catalog import DatasetCatalog
 from .errors import BadSampleError
 from .mapper import LossMixDatasetMapper, to_model_input
-from .mixer import Mixer
+from .mixer import Mixer, partner_index, sample_rng
 
 logger = logging.getLogger(__name__)
 
@@ -168,11 +168,11 @@ class TrainDataset(Dataset):
         raise RuntimeError(f"{MAX_REPLACEMENTS} consecutive bad samples from index {index}; is the dataset readable?")
 
     def __getitem__(self, position: int):
-        rng = np.random.default_rng([self.seed, position])
+        rng = sample_rng(self.seed, position)
         sample = self.load_index(self.index_of(position), rng, position)
         sample["position"] = position
         if self.with_partner:
-            sample["partner"] = self.load_index(int(rng.integers(len(self.dicts))), rng, position)
+            sample["partner"] = self.load_index(partner_index(rng, len(self.dicts)), rng, position)
         return sample
 
 
@@ -224,16 +224,17 @@ def infinite_loader(cfg, dataset: Dataset, collate_fn, *, local_batch: int, star
     )
 
 
-def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, dataset_names=None,
-                       start_iter: int = 0, local_batch: Optional[int] = None) -> DataLoader:
-    """An infinite loader of lists of model inputs for this rank."""
+def build_train_loader(cfg, *, mapper: Optional[LossMixDatasetMapper] = None, mixer: Optional[Mixer] = None,
+                       dataset_names=None, start_iter: int = 0, local_batch: Optional[int] = None) -> DataLoader:
+    """An infinite loader of lists of model inputs for this rank (``mixer`` defaults to ``LOSSMIX.*``)."""
     dicts = get_dataset_dicts(dataset_names or cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
                               on_bad=cfg.DATALOADER.ON_BAD_SAMPLE, bad_log=bad_sample_log(cfg))
     mapper = mapper or LossMixDatasetMapper.from_config(cfg, is_train=True)
+    mixer = mixer or Mixer.from_config(cfg)
     local_batch = local_batch or local_batch_size(cfg)
     dataset = TrainDataset(dicts, mapper, seed=cfg.SEED, on_bad=cfg.DATALOADER.ON_BAD_SAMPLE,
-                           bad_log=bad_sample_log(cfg), with_partner=mapper.mixes and local_batch == 1)
-    return infinite_loader(cfg, dataset, MixCollate(mapper.mixer), local_batch=local_batch, start_iter=start_iter)
+                           bad_log=bad_sample_log(cfg), with_partner=mixer.mixes and local_batch == 1)
+    return infinite_loader(cfg, dataset, MixCollate(mixer), local_batch=local_batch, start_iter=start_iter)
 
 
 class TestDataset(Dataset):

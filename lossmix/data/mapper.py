@@ -1,18 +1,16 @@
-"""Dataset dict(s) -> model input, with LossMix mixing and per-instance weights.
-
-Two stages, so the loader can pair already-decoded samples (one decode per output image):
+"""Dataset dict -> numpy sample (read + weak augmentation) -> model input.
 
 - :meth:`LossMixDatasetMapper.load`: read + weak augmentation of one dataset dict -> a *sample*
   ``{"image": HxWx3 uint8 RGB, "boxes": float32 [N,4] xyxy, "classes": int64 [N] (0-based),
   "weights": float32 [N], plus "file_name", "image_id", "height", "width" of the original}``;
-- :meth:`LossMixDatasetMapper.mix`: a sample and its partner -> one mixed sample by the mapper's
-  :class:`~lossmix.data.mixer.Mixer` (``LOSSMIX.*``), then :func:`to_model_input`.
+- :func:`to_model_input`: a (mixed) sample -> the torchvision detector's input.
 
-``mapper(dataset_dict, partner_dict, rng)`` does both for a single pair.
+The mapper never mixes: the loaders pair loaded samples and mix them with the one
+:class:`~lossmix.data.mixer.Mixer` (``LOSSMIX.*``), so one decode serves every output image.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,7 +19,6 @@ from ..structures import to_xyxy
 from .augment import WeakAugment, apply_geometry
 from .errors import BadSampleError
 from .image_io import read_image
-from .mixer import Mixer
 
 
 def annotations_to_arrays(dataset_dict: dict, use_difficult: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -55,11 +52,10 @@ def to_model_input(sample: dict) -> dict:
 
 
 class LossMixDatasetMapper:
-    """Reads, augments and mixes training samples; see the module docstring for the keys.
+    """Reads and weak-augments samples (no mixing); see the module docstring for the keys.
 
     Args:
         min_sizes / max_size / flip_prob: weak augmentation (short side drawn from ``min_sizes``).
-        mixer: the mixing policy (default: none).
         use_difficult: keep VOC ``difficult`` boxes as targets.
     """
 
@@ -69,11 +65,9 @@ class LossMixDatasetMapper:
         min_sizes: Sequence[int],
         max_size: int,
         flip_prob: float = 0.5,
-        mixer: Optional[Mixer] = None,
         use_difficult: bool = False,
     ):
         self.augment = WeakAugment(short_edges=tuple(min_sizes), max_size=max_size, flip_prob=flip_prob)
-        self.mixer = mixer if mixer is not None else Mixer()
         self.use_difficult = use_difficult
 
     @classmethod
@@ -85,13 +79,8 @@ class LossMixDatasetMapper:
             min_sizes=cfg.INPUT.MIN_SIZE_TRAIN,
             max_size=cfg.INPUT.MAX_SIZE_TRAIN,
             flip_prob=cfg.INPUT.RANDOM_FLIP,
-            mixer=Mixer.from_config(cfg),
             use_difficult=cfg.DATASETS.TRAIN_USE_DIFFICULT,
         )
-
-    @property
-    def mixes(self) -> bool:
-        return self.mixer.mixes
 
     def read(self, dataset_dict: dict) -> np.ndarray:
         """The image of a dataset dict, checked against its recorded size."""
@@ -118,15 +107,3 @@ class LossMixDatasetMapper:
         sample.update(image=image, boxes=boxes, classes=classes, weights=np.ones(len(boxes), np.float32),
                       geometry=geometry)
         return sample
-
-    def mix(self, sample: dict, partner: Optional[dict], rng: np.random.Generator) -> dict:
-        """Mix ``sample`` with ``partner`` (both from :meth:`load`) by :attr:`mixer`; returns a numpy sample."""
-        return self.mixer.mix(sample, partner, rng)
-
-    def __call__(self, dataset_dict: dict, partner_dict: Optional[dict] = None,
-                 rng: Optional[np.random.Generator] = None) -> dict:
-        """One model input from a dataset dict and an optional partner dict (decodes both)."""
-        rng = rng if rng is not None else np.random.default_rng()
-        sample = self.load(dataset_dict, rng)
-        partner = self.load(partner_dict, rng) if partner_dict is not None and self.mixes else None
-        return to_model_input(self.mix(sample, partner, rng))

@@ -4,13 +4,17 @@ Every path that mixes (the supervised loader, the domain-adaptation loader, the 
 of :mod:`lossmix.engine.recipes.adaptive_teacher` and the visualiser) goes through :class:`Mixer`:
 
 - **partner rule** (:func:`partner_of`): sample ``j`` of a batch is mixed with the partner loaded
-  for it (batches of one image), else with sample ``j + 1`` (wrapping round); a lone sample has none.
+  for it (batches of one image, or a loader that mixes sample by sample as detectron2's does), else
+  with sample ``j + 1`` (wrapping round); a lone sample has none. A loaded partner is drawn
+  uniformly from its pool by :func:`partner_index`, on the sample's own stream right after the sample.
 - **generators** (:meth:`Mixer.rng`): ``default_rng([seed, position, stream])``. The global sample
   position ``p = iteration * global_batch + rank * local_batch + slot`` names (iteration, rank,
   slot) at once, so a draw depends on neither the number of workers nor the resume point.
   ``stream`` keeps independent draws apart: :data:`MIX_STREAM` for a sample's own mixing,
-  :data:`TARGET_MIX_STREAM` for target x target mixing on pseudo-labels. (A sample's augmentation
-  draws from ``default_rng([seed, p])``, in :class:`lossmix.data.loader.TrainDataset`.)
+  :data:`TARGET_MIX_STREAM` for target x target mixing on pseudo-labels. A sample's augmentation
+  (and its loaded partner's) draws from :func:`sample_rng` ``= default_rng([seed, p])``.
+- **pair kinds** (domain adaptation, :meth:`Mixer.choose_pair`): the first draw of a source sample's
+  mixing stream picks ``source_source`` or ``source_target`` among those enabled.
 - **schedule**: with ``off_last_iters = N > 0`` nothing is mixed in the last ``N`` of ``max_iter``
   iterations (iteration = position // global batch), as GluonCV and YOLOX stop mixing for the last epochs.
 
@@ -19,6 +23,7 @@ is mixed with what, with which draws.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -27,6 +32,40 @@ from .mixing import METHODS, MODES, mix_pair, sample_lambda
 
 MIX_STREAM = 1  # a sample's own mixing draws (supervised loader, DA source side)
 TARGET_MIX_STREAM = 2  # target x target mixing on the teacher's pseudo-labels (training process)
+
+
+def sample_rng(seed: int, position: int) -> np.random.Generator:
+    """The generator of the augmentation draws of the sample at global ``position`` (and of its loaded partner)."""
+    return np.random.default_rng([int(seed), int(position)])
+
+
+def global_position(local_position: int, *, rank: int, local_batch: int, world_size: int) -> int:
+    """This rank's ``local_position``-th sample -> its global position ``it * global_batch + rank * local_batch + slot``."""
+    it, slot = divmod(int(local_position), int(local_batch))
+    return it * local_batch * world_size + rank * local_batch + slot
+
+
+def partner_index(rng: np.random.Generator, pool_size: int) -> int:
+    """Index of a sample's loaded partner in a pool of ``pool_size``: uniform, from the sample's own stream."""
+    if pool_size <= 0:
+        raise ValueError("no partners to mix with: the partner pool is empty")
+    return int(rng.integers(pool_size))
+
+
+@dataclass(frozen=True)
+class MixPlan:
+    """What :meth:`Mixer.plan` drew for one sample: the mode applied (``"none"``: not mixed), lambda / noise weight."""
+
+    mode: str
+    lam: Optional[float] = None
+    noise_weight: Optional[float] = None
+
+    @property
+    def mixes(self) -> bool:
+        return self.mode != "none"
+
+
+NO_MIX = MixPlan("none")
 
 
 def partner_of(samples: Sequence[dict], j: int) -> Optional[dict]:
@@ -74,11 +113,14 @@ class Mixer:
         self.seed = int(seed)
 
     @classmethod
-    def from_config(cls, cfg) -> "Mixer":
+    def from_config(cls, cfg, *, seed: Optional[int] = None) -> "Mixer":
+        """From ``LOSSMIX.*``, ``SOLVER.MAX_ITER / IMS_PER_BATCH`` and ``SEED`` (or ``seed``: detectron2's
+        ``SEED -1`` asks for one drawn at start)."""
         m = cfg.LOSSMIX
         return cls(mode=m.MODE, method=m.METHOD, alpha=m.ALPHA, prob=m.PROB, noise_range=m.NOISE_RANGE,
                    min_visible=m.MIN_VISIBLE, saliency=m.SALIENCY, paste=m.PASTE, off_last_iters=m.OFF_LAST_ITERS,
-                   max_iter=cfg.SOLVER.MAX_ITER, global_batch=cfg.SOLVER.IMS_PER_BATCH, seed=cfg.SEED)
+                   max_iter=cfg.SOLVER.MAX_ITER, global_batch=cfg.SOLVER.IMS_PER_BATCH,
+                   seed=cfg.SEED if seed is None else seed)
 
     @property
     def mixes(self) -> bool:
@@ -95,23 +137,44 @@ class Mixer:
         """The generator of the mixing draws of the sample at global ``position`` (module docstring)."""
         return np.random.default_rng([self.seed, int(position), int(stream)])
 
-    def mix(self, sample: dict, partner: Optional[dict], rng: np.random.Generator, *,
+    def plan(self, rng: Optional[np.random.Generator], position: Optional[int] = None, *,
+             has_partner: bool = True) -> MixPlan:
+        """Whether (and how) a sample is mixed: the ``prob`` draw, then lambda or the noise weight, from ``rng``.
+
+        :data:`NO_MIX` without drawing when there is no partner, the policy never mixes or ``position``
+        lies in the last ``off_last_iters`` iterations. A loader may call this before decoding the partner.
+        """
+        if not has_partner or not self.mixes or not self.active(position) or rng.random() >= self.prob:
+            return NO_MIX
+        lam = sample_lambda(self.alpha, rng) if self.mode in ("uniform", "lossmix") else None
+        noise = float(rng.uniform(*self.noise_range)) if self.mode == "noise" else None
+        return MixPlan(self.mode, lam, noise)
+
+    def apply(self, sample: dict, partner: Optional[dict], plan: MixPlan, rng: Optional[np.random.Generator]) -> dict:
+        """``sample`` mixed with ``partner`` per ``plan`` (``rng`` continues the stream ``plan`` drew from)."""
+        mode = plan.mode if partner is not None else "none"
+        mixed = mix_pair(sample, partner, mode=mode, method=self.method, lam=plan.lam, rng=rng,
+                         min_visible=self.min_visible, noise_weight=plan.noise_weight, saliency=self.saliency,
+                         paste=self.paste)
+        out = {k: sample[k] for k in ("file_name", "image_id", "height", "width") if k in sample}
+        out.update(mixed)
+        return out
+
+    def mix(self, sample: dict, partner: Optional[dict], rng: Optional[np.random.Generator], *,
             position: Optional[int] = None) -> dict:
         """``sample`` mixed with ``partner`` (numpy samples of :meth:`LossMixDatasetMapper.load`); a numpy sample.
 
         Unmixed (mode ``none``) when there is no partner, the policy never mixes, ``position`` lies
-        in the last ``off_last_iters`` iterations, or the ``prob`` draw says so.
+        in the last ``off_last_iters`` iterations, or the ``prob`` draw says so (:meth:`plan`).
         """
-        mode = self.mode
-        if partner is None or not self.mixes or not self.active(position) or rng.random() >= self.prob:
-            mode = "none"
-        lam = sample_lambda(self.alpha, rng) if mode in ("uniform", "lossmix") else None
-        noise = float(rng.uniform(*self.noise_range)) if mode == "noise" else None
-        mixed = mix_pair(sample, partner, mode=mode, method=self.method, lam=lam, rng=rng,
-                         min_visible=self.min_visible, noise_weight=noise, saliency=self.saliency, paste=self.paste)
-        out = {k: sample[k] for k in ("file_name", "image_id", "height", "width") if k in sample}
-        out.update(mixed)
-        return out
+        return self.apply(sample, partner, self.plan(rng, position, has_partner=partner is not None), rng)
+
+    @staticmethod
+    def choose_pair(rng: np.random.Generator, pairs: Sequence[str], *, target_available: bool) -> Optional[str]:
+        """The pair kind of a source sample: uniform among the enabled ``source_source`` / ``source_target``
+        (the latter only with a target view at hand); None when none applies. The first draw of its stream."""
+        kinds = [k for k in pairs if k == "source_source" or target_available]
+        return kinds[int(rng.integers(len(kinds)))] if kinds else None
 
     def mix_batch(self, samples: Sequence[dict], stream: int = MIX_STREAM) -> list[tuple[Optional[dict], dict]]:
         """Each sample (with its ``"position"``) mixed with :func:`partner_of` and :meth:`rng`: ``[(partner, mixed)]``."""
@@ -123,4 +186,5 @@ class Mixer:
         return out
 
 
-__all__ = ["Mixer", "partner_of", "MIX_STREAM", "TARGET_MIX_STREAM"]
+__all__ = ["Mixer", "MixPlan", "NO_MIX", "partner_of", "partner_index", "sample_rng", "global_position",
+           "MIX_STREAM", "TARGET_MIX_STREAM"]

@@ -34,7 +34,8 @@ def filter_pseudo_labels(detections: dict, threshold: float) -> dict:
 
 
 def build_pseudo_inputs(strong_views: Sequence[dict], pseudo_labels: Sequence[dict], *, positions: Sequence[int],
-                        mixer: Mixer, mix: bool, weight_by_score: bool, box_weight: float) -> list[dict]:
+                        mixer: Mixer, mix: bool, weight_by_score: bool, box_weight: float,
+                        to_input=to_model_input) -> list[dict]:
     """Strong views + their pseudo-labels -> the student's model inputs.
 
     Each strong view gets its image's pseudo-labels with incoming weight 1, or the teacher's score
@@ -43,6 +44,7 @@ def build_pseudo_inputs(strong_views: Sequence[dict], pseudo_labels: Sequence[di
     ``positions`` and :data:`TARGET_MIX_STREAM`): in ``lossmix`` mode the weights become incoming
     x lambda (the partner's incoming x (1 - lambda)). ``box_weights`` = weights x ``box_weight``
     (all zeros at 0: the heads then skip box regression). Every input has ``"domain"`` 1.0 (target).
+    ``to_input`` turns the numpy samples into model inputs (the detectron2 plug-in passes its own).
     """
     samples = []
     for view, pseudo, position in zip(strong_views, pseudo_labels, positions):
@@ -57,7 +59,7 @@ def build_pseudo_inputs(strong_views: Sequence[dict], pseudo_labels: Sequence[di
     inputs = []
     for sample in mixed:
         sample["box_weights"] = sample["weights"] * np.float32(box_weight)
-        inp = to_model_input(sample)
+        inp = to_input(sample)
         inp["domain"] = 1.0
         inputs.append(inp)
     return inputs

@@ -46,6 +46,7 @@ from torch import nn
 
 from ...data.adaptation import active_pairs, build_da_loader
 from ...data.catalog import MetadataCatalog
+from ...data.mapper import to_model_input
 from ...data.mixer import Mixer
 from ...modeling.build import build_detector
 from ...modeling.discriminator import ImageDomainDiscriminator, capture_feature, domain_loss
@@ -166,6 +167,14 @@ class AdaptiveTeacherRecipe(Recipe):
         images, _ = self.student.transform(images_to_device(inputs, self.device))
         return self.student.backbone(images.tensors)[self.dis_feature]
 
+    # numpy sample -> the student's model input (the detectron2 plug-in sets its own)
+    to_input = staticmethod(to_model_input)
+
+    def teacher_detections(self, weak_inputs: list[dict]) -> list[dict]:
+        """The teacher's detections on weak-view model inputs, as torchvision gives them
+        (``boxes`` xyxy in the input's pixels, ``scores``, ``labels`` 1-based)."""
+        return self.teacher(images_to_device(weak_inputs, self.device))
+
     @torch.no_grad()
     def pseudo_label(self, target_items: list[dict], iteration: Optional[int] = None) -> list[dict]:
         """Teacher detections on the weak views -> student inputs on the strong views (maybe mixed).
@@ -175,7 +184,7 @@ class AdaptiveTeacherRecipe(Recipe):
         ``target_labels == "ground_truth"`` the strong views get :func:`ground_truth_labels` instead.
         """
         self.teacher.eval()
-        detections = self.teacher(images_to_device([t["weak"] for t in target_items], self.device))
+        detections = self.teacher_detections([t["weak"] for t in target_items])
         pseudo = [filter_pseudo_labels(d, self.threshold) for d in detections]
         truth = [t.get("ground_truth") for t in target_items]
         self.pseudo_stats.update(pseudo, truth if all(g is not None for g in truth) else None)
@@ -190,7 +199,7 @@ class AdaptiveTeacherRecipe(Recipe):
         return build_pseudo_inputs(
             [t["strong"] for t in target_items], labels, positions=[t["position"] for t in target_items],
             mixer=self.mixer, mix=self.mix_targets, weight_by_score=self.weight_by_score,
-            box_weight=self.pseudo_box_weight)
+            box_weight=self.pseudo_box_weight, to_input=self.to_input)
 
     def unlabelled_inputs(self, target_items: list[dict]) -> list[dict]:
         """Strong views as model inputs without boxes (the discriminator-only path)."""
@@ -198,7 +207,7 @@ class AdaptiveTeacherRecipe(Recipe):
         empty = [{"boxes": np.zeros((0, 4), np.float32), "classes": np.zeros(0, np.int64),
                   "scores": np.zeros(0, np.float32)}] * len(views)
         return build_pseudo_inputs(views, empty, positions=[t["position"] for t in target_items], mixer=self.mixer,
-                                   mix=False, weight_by_score=False, box_weight=0.0)
+                                   mix=False, weight_by_score=False, box_weight=0.0, to_input=self.to_input)
 
     def discriminator_loss(self, features: torch.Tensor, inputs: list[dict]) -> torch.Tensor:
         """Unweighted domain loss of feature maps; each input's ``"domain"`` is its label."""
