@@ -22,7 +22,7 @@ from lossmix.engine import checkpoint
 from lossmix.engine.checkpoint import Checkpointer
 from lossmix.engine.defaults import setup
 from lossmix.engine.run import run as train
-from lossmix.modeling.build import load_weights
+from lossmix.engine.checkpoint import load_weights
 
 # Names added by issue 11 are looked up inside the tests, so that on the old code each test fails on its own.
 
@@ -115,7 +115,7 @@ def test_item1_train_resumes_from_the_previous_checkpoint(names, tmp_path):
                                     "voc2clipart/faster_rcnn_r101_at_lossmix.yaml",
                                     "voc2watercolor/faster_rcnn_r50_at.yaml"])
 def test_item2_configs_that_need_pretrained_weights_say_so(config):
-    from lossmix.modeling.build import require_weights
+    from lossmix.engine.checkpoint import require_weights
 
     cfg = build_config(os.path.join(REPO, "configs", config))
     arch = "resnet101" if "r101" in config else "resnet50"
@@ -126,7 +126,7 @@ def test_item2_configs_that_need_pretrained_weights_say_so(config):
 
 
 def test_item2_eval_only_without_weights_is_an_error(names, tmp_path):
-    from lossmix.modeling.build import require_weights
+    from lossmix.engine.checkpoint import require_weights
 
     cfg = tiny_cfg(names, tmp_path)
     require_weights(cfg)  # BN, every stage trained: from scratch is fine

@@ -25,10 +25,13 @@ _CHOICES = {
     "TEST.VOC07_RECALL_LEVELS": ("arange", "exact"),
     "TEST.ON_BAD_SAMPLE": ("error", "skip"),
     "DATASETS.CUSTOM_METRIC": ("voc_area", "voc07"),
+    "MODEL.FPN.TOP_BLOCK": ("maxpool", "p6p7"),
 }
 _PROBABILITIES = ("LOSSMIX.PROB", "INPUT.RANDOM_FLIP", "LOSSMIX.MIN_VISIBLE", "MODEL.RPN.POSITIVE_FRACTION",
                   "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.IOU_THRESHOLD",
-                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH")
+                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH",
+                  "MODEL.RETINANET.SCORE_THRESH_TEST", "MODEL.RETINANET.NMS_THRESH_TEST",
+                  "MODEL.FCOS.SCORE_THRESH_TEST", "MODEL.FCOS.NMS_THRESH_TEST")
 _NON_NEGATIVE = ("SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD",
                  "DATALOADER.NUM_WORKERS", "SOLVER.CLIP_GRADIENTS", "SOLVER.WEIGHT_DECAY", "LOSSMIX.BG_WEIGHT",
                  "SOLVER.KEEP_CHECKPOINTS", "LOSSMIX.OFF_LAST_ITERS")
@@ -130,9 +133,10 @@ def validate(cfg: CfgNode) -> None:
     lo, hi = cfg.LOSSMIX.NOISE_RANGE
     if not 0.0 <= lo <= hi <= 1.0:
         raise ConfigError(f"LOSSMIX.NOISE_RANGE = {tuple(cfg.LOSSMIX.NOISE_RANGE)}; allowed: 0 <= low <= high <= 1")
-    bg, fg = cfg.MODEL.RPN.IOU_THRESHOLDS
-    if not 0.0 <= bg <= fg <= 1.0:
-        raise ConfigError(f"MODEL.RPN.IOU_THRESHOLDS = {[bg, fg]}; allowed: 0 <= background <= foreground <= 1")
+    for key in ("MODEL.RPN.IOU_THRESHOLDS", "MODEL.RETINANET.IOU_THRESHOLDS"):
+        bg, fg = _get(cfg, key)
+        if not 0.0 <= bg <= fg <= 1.0:
+            raise ConfigError(f"{key} = {[bg, fg]}; allowed: 0 <= background <= foreground <= 1")
     if any(s <= 0 for s in cfg.INPUT.MIN_SIZE_TRAIN):
         raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {cfg.INPUT.MIN_SIZE_TRAIN}; allowed: positive sizes")
     if any(s < 0 for s in cfg.SOLVER.STEPS) or list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
@@ -148,7 +152,7 @@ def validate(cfg: CfgNode) -> None:
     off = cfg.LOSSMIX.OFF_LAST_ITERS
     if isinstance(off, bool) or not isinstance(off, int) or off > cfg.SOLVER.MAX_ITER:
         raise ConfigError(f"LOSSMIX.OFF_LAST_ITERS = {off!r}; allowed: an int in [0, SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER}]")
-    # Names (MODEL.BACKBONE.NAME / NORM, RECIPE) are checked by their registries when the component is built.
+    # Names (MODEL.META_ARCHITECTURE, MODEL.BACKBONE.NAME / NORM, RECIPE) are checked by their registries when the component is built.
     for hook in _VALIDATORS:
         hook(cfg)
 
