@@ -15,7 +15,7 @@ from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from .losses import weighted_fastrcnn_loss
-from .targets import LossTerm, WeightedLossMixin, against_a_and_b, instance_weights, per_sample_weights, source_split
+from .targets import LossTerm, WeightedLossMixin, against_a_and_b, instance_weights, per_sample_weights, split_by_source
 
 
 class WeightedRoIHeads(WeightedLossMixin, RoIHeads):
@@ -60,7 +60,7 @@ class WeightedRoIHeads(WeightedLossMixin, RoIHeads):
                 return LossTerm(lab.clamp(min=0), cls_w, box_w, reg)
             return term
 
-        per_image = [against_a_and_b(*source_split(t), label(t, p, instance_weights(t), instance_weights(t, "box_weights")))
+        per_image = [against_a_and_b(*split_by_source(t), label(t, p, instance_weights(t), instance_weights(t, "box_weights")))
                      for t, p in zip(targets, proposals)]
         return [[terms[k] for terms in per_image] for k in range(2)]
 

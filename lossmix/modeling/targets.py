@@ -54,25 +54,27 @@ def per_sample_weights(inst_weights: Tensor, matched_idxs: Tensor, foreground: T
     return out
 
 
-def source_split(target: dict) -> tuple[float, Tensor]:
-    """``(lam, from_partner)`` of a torchvision target: ``lam`` (1 when absent) and which instances came
-    from the partner image B (``from_partner`` [N] bool; none when absent)."""
+def split_by_source(target: dict) -> tuple[float, Tensor, Tensor]:
+    """``(lam, index_of_A_instances, index_of_B_instances)`` for the interpolate formulation."""
     boxes = target["boxes"]
     lam = float(target["lam"]) if "lam" in target else 1.0
     if "from_partner" in target:
-        return lam, target["from_partner"].to(device=boxes.device, dtype=torch.bool)
-    return lam, torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+        partner = target["from_partner"].to(device=boxes.device, dtype=torch.bool)
+    else:
+        partner = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    return lam, torch.where(~partner)[0], torch.where(partner)[0]
 
 
-def against_a_and_b(lam: float, from_partner: Tensor, label: Callable[[Tensor, float], T]) -> list[T]:
+def against_a_and_b(lam: float, index_a: Tensor, index_b: Tensor, label: Callable[[Tensor, float], T]) -> list[T]:
     """The interpolate formulation's one loop, shared by every weighted head (torchvision's and detectron2's):
-    ``[label(index of A's instances, lam), label(index of B's instances, 1 - lam)]``.
+    ``[label(index_a, lam), label(index_b, 1 - lam)]``, the indices being A's and B's instances
+    (``split_by_source(target)`` gives all three).
 
     ``label(index, coef)`` labels the head's samples against the instances ``index`` alone and scales
     their loss weights (background included) by ``coef``; summing the two terms gives
     ``lam * L(x, A) + (1 - lam) * L(x, B)``.
     """
-    return [label(torch.where(~from_partner)[0], lam), label(torch.where(from_partner)[0], 1.0 - lam)]
+    return [label(index_a, lam), label(index_b, 1.0 - lam)]
 
 
 INSTANCE_KEYS = ("boxes", "labels", "weights", "box_weights", "from_partner")  # per-instance target entries
@@ -86,7 +88,7 @@ def interpolate_targets(targets: list[dict]) -> tuple[list[dict], list[dict]]:
         return lambda index, coef: {**target, **{k: target[k][index] for k in INSTANCE_KEYS if k in target},
                                     "loss_scale": torch.tensor(coef * loss_scale(target))}
 
-    pairs = [against_a_and_b(*source_split(t), subset(t)) for t in targets]
+    pairs = [against_a_and_b(*split_by_source(t), subset(t)) for t in targets]
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
