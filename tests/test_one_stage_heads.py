@@ -160,3 +160,23 @@ def test_detections_are_torchvision_s_with_one_based_labels(name):
         assert torch.equal(g["boxes"], e["boxes"]) and torch.equal(g["scores"], e["scores"])
         assert torch.equal(g["labels"], e["labels"] + 1)
     assert [len(g["boxes"]) for g in got] and all(g["labels"].min() >= 1 for g in got if len(g["labels"]))
+
+
+def test_one_stage_loss_functions_on_hand_computed_cases():
+    import math
+
+    from lossmix.modeling.losses import weighted_centerness_loss, weighted_giou_loss, weighted_sigmoid_focal_loss
+
+    # focal at logit 0 (p = 1/2): positive alpha (1/4) * (1/2)^2 * ln 2, negative (3/4) * (1/2)^2 * ln 2
+    logits = torch.zeros(2, 2, requires_grad=True)
+    loss = weighted_sigmoid_focal_loss(logits, torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([2.0, 0.0]), 1)
+    assert loss.item() == pytest.approx(2 * (1 / 16 + 3 / 16) * math.log(2))
+    loss.backward()
+    assert torch.all(logits.grad[1] == 0) and torch.all(logits.grad[0] != 0)  # a weight-0 row has no gradient
+    # GIoU of two unit boxes one unit apart: IoU 0, enclosing 3, union 2 -> 1 - (0 - 1/3) = 4/3
+    pred = torch.tensor([[0.0, 0, 1, 1], [0, 0, 2, 2]])
+    gt = torch.tensor([[2.0, 0, 3, 1], [0, 0, 2, 2]])
+    assert weighted_giou_loss(pred, gt, torch.tensor([0.5, 1.0]), 2).item() == pytest.approx(0.5 * 4 / 3 / 2)
+    # centre-ness BCE at logit 0 against 0.5: ln 2 per location
+    assert weighted_centerness_loss(torch.zeros(3), torch.full((3,), 0.5), torch.tensor([2.0, 1.0, 0.0]), 0).item() \
+        == pytest.approx(3 * math.log(2))  # normaliser 0 counts as 1
