@@ -180,3 +180,39 @@ def test_one_stage_loss_functions_on_hand_computed_cases():
     # centre-ness BCE at logit 0 against 0.5: ln 2 per location
     assert weighted_centerness_loss(torch.zeros(3), torch.full((3,), 0.5), torch.tensor([2.0, 1.0, 0.0]), 0).item() \
         == pytest.approx(3 * math.log(2))  # normaliser 0 counts as 1
+
+
+def test_adaptive_teacher_trains_a_retinanet(tmp_path):
+    """The student-teacher recipe needs nothing Faster-R-CNN-specific: pseudo-labels come from the teacher's
+    detections (1-based labels) and weigh the student's focal loss."""
+    from lossmix.engine.run import run
+    from tests.helpers import make_tiny_dataset, tiny_cfg
+
+    names = make_tiny_dataset(tmp_path / "data", num_train=4, num_test=1, domains=("source", "clipart"))
+    cfg = tiny_cfg(names, tmp_path / "run", **{
+        "MODEL.META_ARCHITECTURE": "RetinaNet", "DA.ENABLED": True, "DATASETS.TRAIN_UNLABELED": (names["clipart_train"],),
+        "DATASETS.TEST": (names["clipart_test"],), "DA.BURN_IN_ITERS": 1, "DA.PSEUDO_THRESHOLD": 0.0,
+        "MODEL.RETINANET.SCORE_THRESH_TEST": 0.0, "MODEL.RETINANET.DETECTIONS_PER_IMAGE": 5, "LOSSMIX.MODE": "lossmix",
+        "DA.MIX_PAIRS": ("source_source", "source_target", "target_target"), "SOLVER.MAX_ITER": 3,
+        "SOLVER.CHECKPOINT_PERIOD": 100})
+    result = run(cfg)
+    rows = [__import__("json").loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    adapted = [r for r in rows if "loss_classification_pseudo" in r]
+    assert adapted and all(r["pseudo_labels_per_image"] == 5 for r in adapted)
+    assert all(r["loss_bbox_regression_pseudo"] == 0 for r in adapted)  # pseudo box weight 0 by default
+    assert set(result["results"][names["clipart_test"]]) == {"teacher", "student"}
+
+
+def test_attribution_refuses_one_stage_run_folders(tmp_path):
+    import importlib.util
+
+    from tests.helpers import REPO, tiny_cfg
+
+    spec = importlib.util.spec_from_file_location("attribution_tool", f"{REPO}/tools/attribution.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = tiny_cfg({"source_train": "unused", "source_test": "unused"}, "", **{"MODEL.META_ARCHITECTURE": "FCOS"})
+    (tmp_path / "config.yaml").write_text(cfg.dump())
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds a FCOS: attribution explains a Faster R-CNN ROI-head score"):
+        tool.load_run(str(tmp_path), torch.device("cpu"))
