@@ -14,7 +14,6 @@ mapper): :class:`PreResizedTransform` converts, normalises and batches them.
 """
 from __future__ import annotations
 
-import logging
 from functools import partial
 from typing import Callable, Optional, Sequence
 
@@ -26,8 +25,6 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilen
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
-
-logger = logging.getLogger(__name__)
 
 NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
     "FrozenBN": FrozenBatchNorm2d,
