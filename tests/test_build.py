@@ -43,6 +43,13 @@ def test_default_is_faster_rcnn_and_unknown_names_list_the_registered_ones():
         register_meta_arch("RetinaNet")(LossMixRetinaNet)
 
 
+def test_fcos_box_regression_bias_from_the_config():
+    cfg = _cfg("MODEL.META_ARCHITECTURE", "FCOS", *ONE_STAGE["FCOS"], "MODEL.FCOS.BBOX_REG_BIAS", "1.0")
+    assert torch.equal(build_detector(cfg).head.regression_head.bbox_reg.bias, torch.ones(4))
+    default = build_detector(_cfg("MODEL.META_ARCHITECTURE", "FCOS", *ONE_STAGE["FCOS"]))
+    assert torch.equal(default.head.regression_head.bbox_reg.bias, torch.zeros(4))  # torchvision's
+
+
 def test_fcos_refuses_several_anchors_per_location():
     with pytest.raises(ValueError, match=r"FCOS needs one anchor per location: MODEL.ANCHOR_GENERATOR.SIZES"):
         build_detector(_cfg("MODEL.META_ARCHITECTURE", "FCOS"))  # the tiny config's 3 aspect ratios

@@ -103,6 +103,7 @@ _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.05  # detections below this score are droppe
 _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6  # class-wise NMS IoU threshold at inference
 _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000  # top-scoring locations kept per level before NMS
 _C.MODEL.FCOS.DETECTIONS_PER_IMAGE = 100  # detections kept per image at inference
+_C.MODEL.FCOS.BBOX_REG_BIAS = 0.0  # initial bias of the box-distance conv, in strides (torchvision: 0 = zero-size boxes behind a ReLU, whose GIoU barely moves when training from scratch; 1 starts boxes 2 strides wide)
 
 # ---------------------------------------------------------------------------- input
 _C.INPUT = CfgNode()

@@ -108,6 +108,7 @@ class LossMixFCOS(OneStageMixin, FCOS):
                     topk_candidates=f.TOPK_CANDIDATES_TEST,
                     bg_weight=cfg.LOSSMIX.BG_WEIGHT, formulation=cfg.LOSSMIX.FORMULATION)
         model.transform = detector_transform(m.PIXEL_MEAN, m.PIXEL_STD)
+        torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, f.BBOX_REG_BIAS)
         return model
 
 
