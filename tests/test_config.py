@@ -157,15 +157,15 @@ def test_every_key_is_read():
 
 
 def test_the_key_test_fails_when_a_read_is_removed(tmp_path):
-    """Removing the only read of MODEL.RPN.NMS_THRESH (build.py) makes it dead; the other keys stay read."""
-    text = open(os.path.join(REPO, "lossmix", "modeling", "build.py")).read()
+    """Removing the only read of MODEL.RPN.NMS_THRESH (faster_rcnn.py) makes it dead; the other keys stay read."""
+    text = open(os.path.join(REPO, "lossmix", "modeling", "faster_rcnn.py")).read()
     keys, nodes = set(_leaf_keys(get_cfg())), set(_nodes(get_cfg()))
     stripped = text.replace("nms_thresh=rpn.NMS_THRESH, ", "")
     assert stripped != text
     without = _keys_read(stripped, keys, nodes)
     assert _keys_read(text, keys, nodes) - without == {"MODEL.RPN.NMS_THRESH"}
     rest = set()
-    for path, source in _sources(exclude=("lossmix/modeling/build.py",)):
+    for path, source in _sources(exclude=("lossmix/modeling/faster_rcnn.py",)):
         if os.path.basename(os.path.dirname(path)) != "config":
             rest |= _keys_read(source, keys, nodes)
     assert "MODEL.RPN.NMS_THRESH" not in rest | without  # so test_every_key_is_read would list it as dead

@@ -9,9 +9,9 @@ import torch
 import torchvision
 
 from lossmix.config.setup import ConfigError, build_config
-from lossmix.engine.checkpoint import UnreadableFileError
+from lossmix.engine.checkpoint import UnreadableFileError, load_weights
 from lossmix.engine.run import run as train
-from lossmix.modeling.build import load_weights, make_detector
+from lossmix.modeling.build import make_detector
 
 from .helpers import REPO, make_tiny_dataset, tiny_cfg
 
@@ -85,7 +85,7 @@ def test_readme_adaptation_quickstart_trains_each_weights_file_before_it_is_used
                                     "voc2clipart/faster_rcnn_r101_at_lossmix.yaml",
                                     "voc2watercolor/faster_rcnn_r50_at.yaml"])
 def test_configs_that_need_pretrained_weights_say_so(config):
-    from lossmix.modeling.build import require_weights
+    from lossmix.engine.checkpoint import require_weights
 
     cfg = build_config(os.path.join(REPO, "configs", config))
     arch = "resnet101" if "r101" in config else "resnet50"
@@ -96,7 +96,7 @@ def test_configs_that_need_pretrained_weights_say_so(config):
 
 
 def test_eval_only_without_weights_is_an_error(names, tmp_path):
-    from lossmix.modeling.build import require_weights
+    from lossmix.engine.checkpoint import require_weights
 
     cfg = tiny_cfg(names, tmp_path)
     require_weights(cfg)  # BN, every stage trained: from scratch is fine

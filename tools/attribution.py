@@ -42,7 +42,7 @@ from lossmix.config.setup import build_config  # noqa: E402
 from lossmix.data.catalog import DatasetCatalog, MetadataCatalog  # noqa: E402
 from lossmix.data.mapper import LossMixDatasetMapper  # noqa: E402
 from lossmix.engine.trainer import resolve_device  # noqa: E402
-from lossmix.modeling.build import build_detector  # noqa: E402
+from lossmix.engine.checkpoint import load_detector  # noqa: E402
 
 CONFIG_NAME, WEIGHTS_NAME = "config.yaml", "model_final.pth"
 DISPLAY_PERCENTILE = 99.5  # heat maps are shown up to this percentile: gradient maps have a few extreme pixels
@@ -98,7 +98,10 @@ def load_run(folder: str, device: torch.device):
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"run folder {folder!r} has no {WEIGHTS_NAME}")
     cfg = run_config(folder, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", device.type])
-    model = build_detector(cfg).to(device).eval()
+    if cfg.MODEL.META_ARCHITECTURE != "FasterRCNN":
+        raise ValueError(f"run folder {folder!r} holds a {cfg.MODEL.META_ARCHITECTURE}: attribution explains a "
+                         "Faster R-CNN ROI-head score of one box; one-stage detectors (RetinaNet, FCOS) are not supported")
+    model = load_detector(cfg).to(device).eval()
     return model, LossMixDatasetMapper.from_config(cfg, is_train=False)
 
 

@@ -112,6 +112,7 @@ _C.MODEL.DEVICE = "auto"  # "auto" (cuda when available, else cpu), "cpu" or "cu
 _C.MODEL.WEIGHTS = ""  # local path: our checkpoint, a torchvision detector state dict or an ImageNet backbone state dict; "" = random init
 _C.MODEL.PIXEL_MEAN = [0.485, 0.456, 0.406]  # RGB mean on the 0-1 scale (torchvision's ImageNet statistics)
 _C.MODEL.PIXEL_STD = [0.229, 0.224, 0.225]  # RGB std on the 0-1 scale
+_C.MODEL.META_ARCHITECTURE = "FasterRCNN"  # detector registered in lossmix.modeling.build: FasterRCNN | RetinaNet | FCOS (docs/detectors.md)
 
 _C.MODEL.BACKBONE = CfgNode()
 _C.MODEL.BACKBONE.NAME = "R50-FPN"  # one of R18-FPN, R34-FPN, R50-FPN, R101-FPN, MNV3-FPN
@@ -121,6 +122,7 @@ _C.MODEL.BACKBONE.RETURNED_LAYERS = [1, 2, 3, 4]  # ResNet stages feeding the FP
 
 _C.MODEL.FPN = CfgNode()
 _C.MODEL.FPN.OUT_CHANNELS = 256  # channels of every FPN level (and so of the RPN and box heads' inputs)
+_C.MODEL.FPN.TOP_BLOCK = "maxpool"  # levels above the last stage: maxpool (P6 max-pooled, Faster R-CNN) | p6p7 (P6, P7 by stride-2 convs on P5, torchvision's RetinaNet / FCOS)
 
 _C.MODEL.ANCHOR_GENERATOR = CfgNode()
 _C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]  # anchor sizes (pixels) per FPN level
@@ -148,6 +150,22 @@ _C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100  # detections kept per image at in
 _C.MODEL.ROI_BOX_HEAD = CfgNode()
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024  # width of the box head's two fully connected layers (torchvision's TwoMLPHead)
 _C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7  # ROIAlign output size
+
+# one-stage detectors (MODEL.META_ARCHITECTURE RetinaNet / FCOS); their classes: MODEL.ROI_HEADS.NUM_CLASSES
+_C.MODEL.RETINANET = CfgNode()
+_C.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]  # anchors below the first are background, above the second foreground (between: ignored)
+_C.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05  # detections below this score are dropped at inference
+_C.MODEL.RETINANET.NMS_THRESH_TEST = 0.5  # class-wise NMS IoU threshold at inference
+_C.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000  # top-scoring anchors kept per level before NMS
+_C.MODEL.RETINANET.DETECTIONS_PER_IMAGE = 100  # detections kept per image at inference
+
+_C.MODEL.FCOS = CfgNode()
+_C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5  # a location is foreground within this many strides of a box centre (and inside the box)
+_C.MODEL.FCOS.SCORE_THRESH_TEST = 0.05  # detections below this score are dropped at inference (torchvision's 0.2 cuts AP's low-recall tail)
+_C.MODEL.FCOS.NMS_THRESH_TEST = 0.6  # class-wise NMS IoU threshold at inference
+_C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000  # top-scoring locations kept per level before NMS
+_C.MODEL.FCOS.DETECTIONS_PER_IMAGE = 100  # detections kept per image at inference
+_C.MODEL.FCOS.BBOX_REG_BIAS = 0.0  # initial bias of the box-distance conv, in strides (torchvision: 0 = zero-size boxes behind a ReLU, whose GIoU barely moves when training from scratch; 1 starts boxes 2 strides wide)
 
 # ---------------------------------------------------------------------------- input
 _C.INPUT = CfgNode()

@@ -41,7 +41,9 @@ def choices() -> dict:
 
 _PROBABILITIES = ("LOSSMIX.PROB", "INPUT.RANDOM_FLIP", "LOSSMIX.MIN_VISIBLE", "MODEL.RPN.POSITIVE_FRACTION",
                   "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.IOU_THRESHOLD",
-                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH")
+                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH",
+                  "MODEL.RETINANET.SCORE_THRESH_TEST", "MODEL.RETINANET.NMS_THRESH_TEST",
+                  "MODEL.FCOS.SCORE_THRESH_TEST", "MODEL.FCOS.NMS_THRESH_TEST")
 _NON_NEGATIVE = ("SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD",
                  "DATALOADER.NUM_WORKERS", "SOLVER.CLIP_GRADIENTS", "SOLVER.WEIGHT_DECAY", "LOSSMIX.BG_WEIGHT",
                  "SOLVER.KEEP_CHECKPOINTS", "LOSSMIX.OFF_LAST_ITERS")
@@ -188,9 +190,10 @@ def validate(cfg: CfgNode) -> None:
     """Reject out-of-range values at start-up (the key, the value, what is allowed)."""
     _check_tables(cfg)
     _check_lossmix_combinations(cfg)
-    bg, fg = cfg.MODEL.RPN.IOU_THRESHOLDS
-    if not 0.0 <= bg <= fg <= 1.0:
-        raise ConfigError(f"MODEL.RPN.IOU_THRESHOLDS = {[bg, fg]}; allowed: 0 <= background <= foreground <= 1")
+    for key in ("MODEL.RPN.IOU_THRESHOLDS", "MODEL.RETINANET.IOU_THRESHOLDS"):
+        bg, fg = _get(cfg, key)
+        if not 0.0 <= bg <= fg <= 1.0:
+            raise ConfigError(f"{key} = {[bg, fg]}; allowed: 0 <= background <= foreground <= 1")
     if any(s <= 0 for s in cfg.INPUT.MIN_SIZE_TRAIN):
         raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {cfg.INPUT.MIN_SIZE_TRAIN}; allowed: positive sizes")
     if any(s < 0 for s in cfg.SOLVER.STEPS) or list(cfg.SOLVER.STEPS) != sorted(cfg.SOLVER.STEPS):
@@ -199,7 +202,7 @@ def validate(cfg: CfgNode) -> None:
     if extra:
         raise ConfigError(f"TEST.EVAL_PERIOD_DATASETS = {list(cfg.TEST.EVAL_PERIOD_DATASETS)}: {extra} not in "
                           f"DATASETS.TEST; allowed: a subset of {list(cfg.DATASETS.TEST)}")
-    # Names (MODEL.BACKBONE.NAME / NORM, RECIPE) are checked by their registries when the component is built.
+    # Names (MODEL.META_ARCHITECTURE, MODEL.BACKBONE.NAME / NORM, MODEL.FPN.TOP_BLOCK, RECIPE) are checked by their registries when the component is built.
     for hook in _VALIDATORS:
         hook(cfg)
 

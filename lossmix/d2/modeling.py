@@ -49,7 +49,7 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss
 
 from ..modeling.losses import weighted_box_loss, weighted_classification_loss, weighted_objectness_loss
-from ..modeling.targets import FORMULATIONS, LossTerm, per_sample_weights
+from ..modeling.targets import FORMULATIONS, LossTerm, against_a_and_b, per_sample_weights
 
 try:  # detectron2's event-storage statistics of the classifier (private, present since 2021)
     from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats
@@ -217,10 +217,9 @@ class LossMixRPNMixin(_LossMixSettings):
 
     def _interpolate_terms(self, inst, labels, anchors) -> list:
         """A's and B's terms: the anchors sampled on the union, labelled against each box set alone."""
-        lam, idx_a, idx_b = _split_by_source(inst)
         sampled = labels >= 0
-        terms = []
-        for idx, coef in ((idx_a, lam), (idx_b, 1.0 - lam)):
+
+        def term(idx, coef) -> LossTerm:
             sub = inst[idx]
             matched, sub_labels = self.anchor_matcher(pairwise_iou(sub.gt_boxes, anchors))
             matched, sub_labels = matched.to(labels.device), sub_labels.to(labels.device)
@@ -228,8 +227,9 @@ class LossMixRPNMixin(_LossMixSettings):
                 sub_labels[~anchors.inside_box(inst.image_size, self.anchor_boundary_thresh)] = -1
             sub_labels = torch.where(sampled, sub_labels, torch.full_like(sub_labels, -1))
             boxes = sub.gt_boxes.tensor[matched] if len(sub) else torch.zeros_like(anchors.tensor)
-            terms.append(self._term(sub, sub_labels, matched, coef, boxes))
-        return terms
+            return self._term(sub, sub_labels, matched, coef, boxes)
+
+        return against_a_and_b(*_split_by_source(inst), term)
 
     @torch.jit.unused
     def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes, *args, **kwargs):
@@ -399,10 +399,9 @@ class LossMixROIHeadsMixin(_LossMixSettings):
 
     def _interpolate_terms(self, props: Instances, target: Instances):
         """A's and B's terms: the sampled proposals labelled against each box set alone (detectron2's rules)."""
-        lam, idx_a, idx_b = _split_by_source(target)
         n, device = len(props), props.proposal_boxes.tensor.device
-        terms = []
-        for idx, coef in ((idx_a, lam), (idx_b, 1.0 - lam)):
+
+        def term(idx, coef):
             sub = target[idx]
             matched, labels = self.proposal_matcher(pairwise_iou(sub.gt_boxes, props.proposal_boxes))
             if len(sub):
@@ -416,8 +415,9 @@ class LossMixROIHeadsMixin(_LossMixSettings):
                 classes = torch.full((n,), self.num_classes, dtype=torch.int64, device=device)
                 boxes = props.proposal_boxes.tensor
                 w = bw = torch.ones(n, device=device)
-            terms.append((classes, boxes, *self._weights(classes, w, bw, coef)))
-        return terms
+            return classes, boxes, *self._weights(classes, w, bw, coef)
+
+        return against_a_and_b(*_split_by_source(target), term)
 
 
 @ROI_HEADS_REGISTRY.register()

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, the newest K kept, ``weights_only`` loading, resume state."""
+"""Checkpoints (atomic writes, the newest K kept, ``weights_only`` loading, resume state) and initial weights
+(``MODEL.WEIGHTS``: checked at start-up, loaded into a freshly built detector)."""
 from __future__ import annotations
 
 import glob
@@ -11,6 +12,8 @@ import tempfile
 import numpy as np
 import torch
 
+from ..config.setup import ConfigError
+from ..modeling.build import build_detector
 from ..utils import comm
 
 logger = logging.getLogger(__name__)
@@ -260,3 +263,109 @@ class Checkpointer:
             else:
                 logger.warning("%s holds no RNG state for rank %d; it keeps its seeded stream", path, rank)
         return {k: v for k, v in data.items() if k not in self.modules}
+
+
+# ------------------------------------------------------------------------------- initial weights (MODEL.WEIGHTS)
+# torchvision classification models whose ImageNet weights fit each backbone (for the advice below)
+_IMAGENET_MODELS = {"R18-FPN": "resnet18", "R34-FPN": "resnet34", "R50-FPN": "resnet50", "R101-FPN": "resnet101",
+                    "MNV3-FPN": "mobilenet_v3_large"}
+
+
+def require_weights(cfg, *, eval_only: bool = False) -> None:
+    """Refuse a run that would use random weights where pretrained ones are needed, saying how to get them.
+
+    ``--eval-only`` without ``MODEL.WEIGHTS`` is an error (it would evaluate a random model). Training
+    without ``MODEL.WEIGHTS`` is an error when the backbone cannot learn from scratch: frozen BatchNorm
+    (``MODEL.BACKBONE.NORM FrozenBN``) or frozen stages (``TRAINABLE_LAYERS`` < 5).
+    """
+    if cfg.MODEL.WEIGHTS:
+        return
+    if eval_only:
+        raise ConfigError("--eval-only needs MODEL.WEIGHTS (a checkpoint such as OUTPUT_DIR/model_final.pth); "
+                          "without it a randomly initialised model would be evaluated")
+    backbone = cfg.MODEL.BACKBONE
+    if backbone.NORM != "FrozenBN" and backbone.TRAINABLE_LAYERS >= 5:
+        return
+    arch = _IMAGENET_MODELS.get(backbone.NAME, "resnet50")
+    raise ConfigError(
+        f"MODEL.WEIGHTS is empty but MODEL.BACKBONE.NORM = {backbone.NORM} and TRAINABLE_LAYERS = "
+        f"{backbone.TRAINABLE_LAYERS}: this {backbone.NAME} would train from random weights with frozen "
+        f"normalisation / stages. Give MODEL.WEIGHTS an ImageNet state dict saved on a machine with internet: "
+        f"python -c \"import torch, torchvision; torch.save(torchvision.models.{arch}(weights='IMAGENET1K_V1')"
+        f".state_dict(), '{arch}_imagenet.pth')\" then MODEL.WEIGHTS {arch}_imagenet.pth; or train from scratch with "
+        f"MODEL.BACKBONE.NORM BN MODEL.BACKBONE.TRAINABLE_LAYERS 5")
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_weights(model: torch.nn.Module, path: str) -> dict:
+    """Load ``path`` into ``model``; returns ``{"kind", "missing", "unexpected", "skipped"}``.
+
+    Accepted files (``torch.load(weights_only=True)``: a weights file is untrusted input):
+    one of our checkpoints (``{"model": state_dict, ...}``), a torchvision detector state dict
+    (``backbone.*`` with ``rpn.*`` / ``roi_heads.*`` or, for RetinaNet / FCOS, ``head.*``; tensors whose shape
+    differs, e.g. the class predictor of another dataset, are skipped and listed) or an ImageNet classification backbone
+    state dict (``conv1.*``/``layer*.*`` for ResNets, ``features.*`` for MobileNetV3).
+    """
+    if not os.path.isfile(path):
+        from ..config.setup import config_writing
+
+        maker = config_writing(path)
+        hint = (f"; it is written by python tools/train_net.py --config-file {maker}: run that first" if maker else
+                " (weights are never downloaded; give a local path)")
+        raise FileNotFoundError(f"MODEL.WEIGHTS: no such file {path!r}{hint}")
+    state = torch_load(path, "MODEL.WEIGHTS")
+    if not isinstance(state, dict):
+        raise UnreadableFileError(f"MODEL.WEIGHTS {path!r}: holds a {type(state).__name__}, expected a state dict "
+                                  "(a dict of tensors, e.g. torch.save(model.state_dict(), path)) or a lossmix checkpoint")
+    kind = None
+    if isinstance(state.get("model"), dict):
+        state, kind = state["model"], "checkpoint"
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UnreadableFileError(f"MODEL.WEIGHTS {path!r}: not a state dict: entry {bad[0]!r} is a "
+                                  f"{type(state[bad[0]]).__name__}, expected a tensor")
+    if kind == "checkpoint":
+        pass
+    elif any(k.startswith(("backbone.", "rpn.", "roi_heads.", "head.")) for k in state):
+        kind = "detector"
+    elif any(k.startswith(("conv1.", "layer1.", "features.")) for k in state):
+        kind = "backbone"
+        state = _strip(state, "features.") if any(k.startswith("features.") for k in state) else state
+        state = {"backbone.body." + k: v for k, v in state.items() if not k.startswith("fc.")}
+    else:
+        raise UnreadableFileError(f"MODEL.WEIGHTS {path!r}: a state dict with none of the expected keys (first: "
+                                  f"{list(state)[:3]}); expected a lossmix checkpoint, torchvision detector or "
+                                  "ImageNet backbone")
+    own = model.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    body = [k for k in own if k.startswith("backbone.body.")]
+    loaded = [k for k in body if k in state]
+    if kind in ("backbone", "detector") and body and len(loaded) < len(body) / 2:  # e.g. R18 weights for an R50 model
+        absent = len(body) - len(loaded) - len([k for k in skipped if k.startswith("backbone.body.")])
+        raise UnreadableFileError(
+            f"MODEL.WEIGHTS {path!r}: only {len(loaded)} of the backbone's {len(body)} tensors load from it "
+            f"({len(body) - len(loaded) - absent} have another shape, {absent} are absent); weights of another "
+            "backbone than MODEL.BACKBONE.NAME?")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if kind != "backbone" or k.startswith("backbone.body.")]
+    if kind == "checkpoint" and (missing or result.unexpected_keys or skipped):
+        raise ValueError(
+            f"MODEL.WEIGHTS {path!r} does not match the model: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}, shape mismatch {skipped[:5]}"
+        )
+    logger.info("loaded %s weights from %s (missing %d, unexpected %d, skipped %d)", kind, path,
+                len(missing), len(result.unexpected_keys), len(skipped))
+    return {"kind": kind, "missing": missing, "unexpected": list(result.unexpected_keys), "skipped": skipped}
+
+
+def load_detector(cfg) -> torch.nn.Module:
+    """:func:`~lossmix.modeling.build.build_detector` with ``MODEL.WEIGHTS`` loaded when set: what training
+    and evaluation start from."""
+    model = build_detector(cfg)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    return model

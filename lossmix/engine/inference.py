@@ -21,8 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 def images_to_device(batch: list[dict], device) -> list[torch.Tensor]:
-    """uint8 CHW tensors -> float 0-1 on ``device`` (the detector normalises with PIXEL_MEAN/STD)."""
-    return [b["image"].to(device, non_blocking=True).float().div_(255.0) for b in batch]
+    """The loader's uint8 CHW tensors, as they are, on ``device`` (the detector's transform converts them to
+    float 0-1 and normalises with PIXEL_MEAN/STD)."""
+    return [b["image"].to(device, non_blocking=True) for b in batch]
 
 
 def targets_to_device(batch: list[dict], device) -> list[dict]:

@@ -12,9 +12,8 @@ import torch
 
 from ..data.catalog import check_num_classes
 from ..data.loader import bad_sample_log
-from ..modeling.build import build_detector, require_weights
 from ..utils import comm
-from .checkpoint import Checkpointer, check_new_run
+from .checkpoint import Checkpointer, check_new_run, load_detector, require_weights
 from .inference import evaluate
 from .recipes import get_recipe, recipe_name
 from .schedule import build_optimizer, build_scheduler
@@ -48,7 +47,7 @@ def run(cfg, *, resume: bool = False, allow_fresh: bool = False, eval_only: bool
     torch.manual_seed(cfg.SEED + comm.get_rank())
     device = resolve_device(cfg.MODEL.DEVICE)
     if eval_only:
-        return {"summary": {}, "results": evaluate(cfg, {"model": build_detector(cfg).to(device)}, device)}
+        return {"summary": {}, "results": evaluate(cfg, {"model": load_detector(cfg).to(device)}, device)}
     recipe = get_recipe(recipe_name(cfg)).from_config(cfg, device=device)
     optimizer = build_optimizer(cfg, recipe.trainable)
     scheduler = build_scheduler(cfg, optimizer)

@@ -15,7 +15,7 @@ from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from .losses import weighted_fastrcnn_loss
-from .targets import LossTerm, WeightedLossMixin, instance_weights, per_sample_weights, split_by_source
+from .targets import LossTerm, WeightedLossMixin, against_a_and_b, instance_weights, per_sample_weights, split_by_source
 
 
 class WeightedRoIHeads(WeightedLossMixin, RoIHeads):
@@ -47,11 +47,8 @@ class WeightedRoIHeads(WeightedLossMixin, RoIHeads):
 
     def _interpolate_terms(self, targets, proposals) -> list[list[LossTerm]]:
         """Two terms per image: the sampled proposals labelled against A's and B's boxes alone."""
-        per_source: list[list[LossTerm]] = [[], []]
-        for target, props in zip(targets, proposals):
-            lam, idx_a, idx_b = split_by_source(target)
-            w, bw = instance_weights(target), instance_weights(target, "box_weights")
-            for k, (idx, coef) in enumerate(((idx_a, lam), (idx_b, 1.0 - lam))):
+        def label(target, props, w, bw):
+            def term(idx, coef) -> LossTerm:
                 gt = target["boxes"][idx].to(props.dtype)
                 (matched,), (lab,) = self.assign_targets_to_proposals([props], [gt], [target["labels"][idx]])
                 fg = lab > 0
@@ -60,8 +57,12 @@ class WeightedRoIHeads(WeightedLossMixin, RoIHeads):
                 box_w = per_sample_weights(bw[idx], matched, fg, 0.0) * coef
                 gt_matched = gt[matched] if gt.numel() else torch.zeros_like(props)
                 reg = self.box_coder.encode_single(gt_matched, props)
-                per_source[k].append(LossTerm(lab.clamp(min=0), cls_w, box_w, reg))
-        return per_source
+                return LossTerm(lab.clamp(min=0), cls_w, box_w, reg)
+            return term
+
+        per_image = [against_a_and_b(*split_by_source(t), label(t, p, instance_weights(t), instance_weights(t, "box_weights")))
+                     for t, p in zip(targets, proposals)]
+        return [[terms[k] for terms in per_image] for k in range(2)]
 
     def forward(
         self,

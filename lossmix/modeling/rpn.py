@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from .losses import weighted_box_loss, weighted_objectness_loss
-from .targets import LossTerm, WeightedLossMixin, instance_weights, per_sample_weights, split_by_source
+from .targets import LossTerm, WeightedLossMixin, against_a_and_b, instance_weights, per_sample_weights, split_by_source
 
 
 @dataclass
@@ -84,11 +84,8 @@ class WeightedRPN(WeightedLossMixin, RegionProposalNetwork):
             if self.formulation == "instance":
                 terms = [union_term]
             else:
-                lam, idx_a, idx_b = split_by_source(target)
-                terms = [
-                    self._term(gt[idx], w[idx], bw[idx], anchors_i, coef, encode=True)[2]
-                    for idx, coef in ((idx_a, lam), (idx_b, 1.0 - lam))
-                ]
+                terms = against_a_and_b(*split_by_source(target), lambda idx, coef: self._term(
+                    gt[idx], w[idx], bw[idx], anchors_i, coef, encode=True)[2])
             assignments.append(AnchorAssignment(labels, terms))
         return assignments, matched_gt_boxes
 

@@ -15,12 +15,13 @@ has one term (the union of boxes, per-instance weights); ``interpolate`` has two
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 from torch import Tensor
 
 from ..data.mixing import FORMULATIONS  # noqa: E402,F401  (defined with the mixing modes it pairs with)
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,6 +63,39 @@ def split_by_source(target: dict) -> tuple[float, Tensor, Tensor]:
     else:
         partner = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     return lam, torch.where(~partner)[0], torch.where(partner)[0]
+
+
+def against_a_and_b(lam: float, index_a: Tensor, index_b: Tensor, label: Callable[[Tensor, float], T]) -> list[T]:
+    """The interpolate formulation's one loop, shared by every weighted head (torchvision's and detectron2's):
+    ``[label(index_a, lam), label(index_b, 1 - lam)]``, the indices being A's and B's instances
+    (``split_by_source(target)`` gives all three).
+
+    ``label(index, coef)`` labels the head's samples against the instances ``index`` alone and scales
+    their loss weights (background included) by ``coef``; summing the two terms gives
+    ``lam * L(x, A) + (1 - lam) * L(x, B)``.
+    """
+    return [label(index_a, lam), label(index_b, 1.0 - lam)]
+
+
+INSTANCE_KEYS = ("boxes", "labels", "weights", "box_weights", "from_partner")  # per-instance target entries
+
+
+def interpolate_targets(targets: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Each torchvision target split by :func:`against_a_and_b` into A's and B's instances: two target lists,
+    each target holding one source's instances and ``loss_scale`` (``lam`` / ``1 - lam``), which
+    multiplies every sample weight of that image (see :func:`loss_scale`)."""
+    def subset(target):
+        return lambda index, coef: {**target, **{k: target[k][index] for k in INSTANCE_KEYS if k in target},
+                                    "loss_scale": torch.tensor(coef * loss_scale(target))}
+
+    pairs = [against_a_and_b(*split_by_source(t), subset(t)) for t in targets]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def loss_scale(target: dict) -> float:
+    """``target["loss_scale"]`` (1 when absent): a factor on every sample weight of the image, foreground and
+    background (set by :func:`interpolate_targets`)."""
+    return float(target["loss_scale"]) if "loss_scale" in target else 1.0
 
 
 class WeightedLossMixin:

@@ -48,9 +48,8 @@ from ...data.adaptation import active_pairs, build_da_loader
 from ...data.catalog import MetadataCatalog
 from ...data.mapper import to_model_input
 from ...data.mixer import Mixer
-from ...modeling.build import build_detector
 from ...modeling.discriminator import ImageDomainDiscriminator, capture_feature, domain_loss
-from ..checkpoint import unwrap
+from ..checkpoint import load_detector, unwrap
 from ..ema import copy_weights, ema_update, make_teacher
 from ..inference import images_to_device, targets_to_device
 from ..pseudo_labels import NoPseudoLabelWatch, PseudoLabelStats, build_pseudo_inputs, filter_pseudo_labels
@@ -109,7 +108,7 @@ class AdaptiveTeacherRecipe(Recipe):
 
     @classmethod
     def from_config(cls, cfg, *, device: torch.device) -> "AdaptiveTeacherRecipe":
-        student = build_detector(cfg).to(device)
+        student = load_detector(cfg).to(device)
         teacher = make_teacher(student)
         outputs = backbone_outputs(student.backbone, device)
         if str(cfg.DA.DIS_FEATURE) not in outputs:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ...data.loader import build_train_loader
-from ...modeling.build import build_detector
+from ..checkpoint import load_detector
 from ..inference import images_to_device, targets_to_device
 from . import Recipe, register_recipe
 
@@ -27,7 +27,7 @@ class SupervisedRecipe(Recipe):
 
     @classmethod
     def from_config(cls, cfg, *, device: torch.device) -> "SupervisedRecipe":
-        return cls(model=build_detector(cfg).to(device), device=device)
+        return cls(model=load_detector(cfg).to(device), device=device)
 
     @property
     def checkpoint_modules(self) -> dict[str, nn.Module]:
