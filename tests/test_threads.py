@@ -84,6 +84,20 @@ def test_fixed_threads_never_change(tmp_path):
     assert open(os.path.join(out, "p", "long", "seed0", "seen")).read() == "1"
 
 
+def test_an_entry_with_threads_keeps_its_count_and_the_others_share_what_it_leaves(tmp_path):
+    fake = tmp_path / "fake_train_net.py"
+    fake.write_text(FAKE.replace("range(200)", "range(10)"))
+    proto = bm.load_protocol(_protocol(tmp_path, "SEEDS: [0]\nENTRIES:\n  - {NAME: short, CONFIG: CONFIG_FILE}\n"
+                                                 "  - {NAME: long, CONFIG: CONFIG_FILE, THREADS: 2}\n", name="p"))
+    out = str(tmp_path / "out")
+    bm.execute(bm.plan(proto, out), jobs=2, cores=3, train_net=str(fake), log=lambda _: None)
+    seen = {n: open(os.path.join(out, "p", n, "seed0", "seen")).read() for n in ("short", "long")}
+    assert seen == {"short": "1", "long": "2"}  # 3 cores: 2 fixed, the 1 they leave to the other (unfixed: [2, 1])
+    with pytest.raises(bm.ProtocolError, match=r"THREADS must be an int >= 1"):
+        bm.load_protocol(_protocol(tmp_path, "SEEDS: [0]\nENTRIES:\n  - {NAME: a, CONFIG: CONFIG_FILE, THREADS: 0}\n",
+                                   name="q"))
+
+
 def test_the_training_loop_follows_the_thread_file(tmp_path, monkeypatch):
     """A Trainer applies the count in $LOSSMIX_THREADS_FILE at its next iteration."""
     import itertools

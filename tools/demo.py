@@ -2,11 +2,10 @@
 """The demo behind ``make demo``: the short version of the benchmark, on a CPU, in about a quarter of an hour.
 
 1. writes the embedded synthetic domain-shift dataset (``datasets/synthetic``, frozen parameters);
-2. runs ``configs/benchmark/demo.yaml`` with ``tools/benchmark.py`` (two runs side by side, one thread each; a
-   run left alone gets both cores):
-   seed 0 of no mixing vs LossMix in the data-limited supervised regime, and of source only vs
-   Adaptive Teacher (source -> clipart). They are the very runs of the full protocols' seed 0
-   (``output/benchmark/{supervised,adaptation}/...``), so ``make benchmark`` later reuses them;
+2. runs ``configs/benchmark/demo.yaml`` with ``tools/benchmark.py``: seed 0 of no mixing vs LossMix in the
+   data-limited supervised regime (side by side, one thread each: the supervised protocol's very seed-0 runs,
+   ``output/benchmark/supervised/...``, so ``make benchmark`` later reuses them), and of source only vs Adaptive
+   Teacher (source -> clipart), which starts when the no-mixing run ends and has two threads of its own;
 3. prints the demo's table, then the committed tables of the full benchmark (``docs/benchmark/``,
    mean +- std over seeds), so one seed is read beside the spread it comes from.
 

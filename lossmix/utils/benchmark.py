@@ -19,6 +19,8 @@ A *protocol* is a YAML file, ``configs/benchmark/<name>.yaml``::
                                                     #   so one training serves both protocols (configs must agree)
         INIT_FROM: none                             # optional: MODEL.WEIGHTS = that entry's model_final.pth of the
                                                     #   same seed; the run starts once that run is complete
+        THREADS: 2                                  # optional: a fixed thread count for this entry's runs (results are
+                                                    #   bit-exact per thread count; default: as the runner is told)
 
 Each (entry, seed) is a *run* in ``<output root>/<protocol>/<entry>/seed<k>``, trained by
 ``python tools/train_net.py --config-file CONFIG <protocol overrides> <entry overrides> SEED k OUTPUT_DIR <run>``.
@@ -62,7 +64,7 @@ __all__ = ["ProtocolError", "Entry", "Protocol", "RunSpec", "load_protocol", "pr
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOP_KEYS = {"DESCRIPTION", "SEEDS", "OVERRIDES", "DATASETS", "GAP", "CLAIMS", "ENTRIES"}
 _CLAIM_KEYS = {"CLAIM", "BETTER", "THAN", "DATASET"}
-_ENTRY_KEYS = {"NAME", "CONFIG", "OVERRIDES", "SEEDS", "SHARED_WITH", "INIT_FROM"}
+_ENTRY_KEYS = {"NAME", "CONFIG", "OVERRIDES", "SEEDS", "SHARED_WITH", "INIT_FROM", "THREADS"}
 _RESERVED = ("SEED", "OUTPUT_DIR")  # set by the tool for each run
 THREADS_FILE = "threads"  # in a run folder: the thread count the runner gives the run now
 TRAIN_SPLIT = "_train"  # datasets whose name holds this are training splits (shown apart, as train-split AP)
@@ -80,6 +82,7 @@ class Entry:
     seeds: list[int]
     shared_with: Optional[str] = None  # another protocol whose run folders this entry uses
     init_from: Optional[str] = None  # an earlier entry whose final weights of the same seed start this one
+    threads: Optional[int] = None  # a fixed thread count for its runs (results are bit-exact per thread count)
 
 
 @dataclass
@@ -191,8 +194,11 @@ def load_protocol(path: str) -> Protocol:
         entry_overrides = overrides + _overrides(e.get("OVERRIDES"), path, f"{where}.OVERRIDES")
         if init_from is not None and "MODEL.WEIGHTS" in entry_overrides[0::2]:
             raise ProtocolError(f"{path}: {where} sets both INIT_FROM and MODEL.WEIGHTS")
+        threads = e.get("THREADS")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ProtocolError(f"{path}: {where}.THREADS must be an int >= 1, got {threads!r}")
         entries.append(Entry(name=name, config=config, overrides=entry_overrides, seeds=seeds,
-                             shared_with=shared_with, init_from=init_from))
+                             shared_with=shared_with, init_from=init_from, threads=threads))
     gap = data.get("GAP")
     if gap is not None:
         if not isinstance(gap, dict) or set(gap) != {"SOURCE_ONLY", "ORACLE"}:
@@ -231,6 +237,7 @@ class RunSpec:
     state: str = "fresh"
     changed_keys: dict = field(default_factory=dict)
     after: Optional[str] = None  # output_dir of the run whose final weights this one starts from
+    threads: Optional[int] = None  # the entry's fixed THREADS (None: as execute() is told)
 
     def command(self, python: str = sys.executable, train_net: str = "tools/train_net.py") -> list[str]:
         # fresh: nothing to resume; an aborted attempt's leftovers (an early eval/, metrics) are deleted, never mixed in
@@ -312,7 +319,7 @@ def plan(protocol: Protocol, output_root: str) -> list[RunSpec]:
             state, diffs = run_state(out, expected, list(cfg.DATASETS.TEST), defaults=defaults)
             specs.append(RunSpec(entry=entry.name, seed=seed, output_dir=out, config_file=entry.config, opts=opts,
                                  tests=list(cfg.DATASETS.TEST), max_iter=int(cfg.SOLVER.MAX_ITER), state=state,
-                                 changed_keys=diffs, after=after))
+                                 changed_keys=diffs, after=after, threads=entry.threads))
     return specs
 
 
@@ -385,9 +392,13 @@ def execute(specs: Sequence[RunSpec], *, jobs: int = 1, threads: Optional[int] =
     given: dict[str, list[int]] = {}  # run folder -> thread counts it was given, in order
 
     def share_threads() -> None:
-        """(Re)write each running run's thread count: fixed ``threads`` or a share of the cores."""
-        shares = [threads] * len(running) if threads else thread_shares(cores, len(running))
-        for (spec, *_), n in zip(running, shares):
+        """(Re)write each running run's thread count: its entry's THREADS, else fixed ``threads``, else a share of
+        the cores the fixed runs leave."""
+        free = [spec for spec, *_ in running if not spec.threads]
+        left = max(cores - sum(spec.threads for spec, *_ in running if spec.threads), 1)
+        shared = iter([threads] * len(free) if threads else thread_shares(left, len(free)))
+        for spec, *_ in running:
+            n = spec.threads or next(shared)
             if given.setdefault(spec.output_dir, [])[-1:] != [n]:
                 given[spec.output_dir].append(n)
                 write_thread_count(os.path.join(spec.output_dir, THREADS_FILE), n)
