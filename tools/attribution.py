@@ -40,7 +40,7 @@ from lossmix.analysis.attribution import (  # noqa: E402
 )
 from lossmix.config.setup import build_config  # noqa: E402
 from lossmix.data.catalog import DatasetCatalog, MetadataCatalog  # noqa: E402
-from lossmix.data.mapper import LossMixDatasetMapper  # noqa: E402
+from lossmix.data.mapper import LossMixDatasetMapper, to_model_input  # noqa: E402
 from lossmix.engine.trainer import resolve_device  # noqa: E402
 from lossmix.engine.checkpoint import load_detector  # noqa: E402
 
@@ -147,7 +147,7 @@ def analyse(args, methods: list[str]) -> tuple[list[str], list[list[dict]]]:
         model, mapper = load_run(folder, device)
         row = []
         for index, record in enumerate(dicts):
-            inp = mapper(record, rng=np.random.default_rng(0))  # the test mapper is deterministic
+            inp = to_model_input(mapper.load(record, np.random.default_rng(0)))  # the test mapper is deterministic
             image = inp["image"].to(device).float() / 255.0
             cell = {"image_id": str(record.get("image_id", index)), "image": inp["image"].permute(1, 2, 0).numpy()}
             chosen = target_box(model, image, {k: v.to(device) for k, v in inp["target"].items()}, args.source)

@@ -177,6 +177,8 @@ class AdaptiveTeacherTrainer(DefaultTrainer):
         self._trainer.iter = self.module.iteration = self.iter
         self._trainer.run_step()
         stats = self.recipe.after_step(self.iter)  # the EMA, after the optimizer step
+        # the pseudo-label metrics of this step (detectron2's writers smooth per-step scalars over their period)
+        stats.update(self.recipe.period_metrics())
         if stats:
             self.storage.put_scalars(**stats)
 
