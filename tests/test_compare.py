@@ -1,4 +1,4 @@
-"""lossmix.utils.compare (tables over seeds) and lossmix.utils.visualize (drawing), on hand-made inputs."""
+"""lossmix.benchmark.compare (tables over seeds) and lossmix.analysis.visualize (drawing), on hand-made inputs."""
 import json
 import math
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from lossmix.utils.compare import format_ap, load_runs, method_of, plot, summarize, to_markdown
-from lossmix.utils.visualize import draw_dashed_rectangle, draw_instances, weight_colour
+from lossmix.benchmark.compare import format_ap, load_runs, method_of, plot, summarize, to_markdown
+from lossmix.analysis.visualize import draw_dashed_rectangle, draw_instances, weight_colour
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -24,7 +24,7 @@ try:
 except ImportError:  # runnable from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lossmix.utils.compare import GROUP_BY, load_runs, plot, summarize, to_markdown  # noqa: E402
+from lossmix.benchmark.compare import GROUP_BY, load_runs, plot, summarize, to_markdown  # noqa: E402
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
