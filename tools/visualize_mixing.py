@@ -48,7 +48,7 @@ def main(argv=None) -> list[str]:
     opts = list(args.opts) + ["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", ""]  # no bad-sample log, no workers
     if args.seed is not None:
         opts += ["SEED", str(args.seed)]
-    from lossmix.utils.logger import report_user_errors
+    from lossmix.engine.defaults import report_user_errors
 
     with report_user_errors(debug=args.debug):
         cfg = build_config(args.config_file, opts)
