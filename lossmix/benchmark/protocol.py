@@ -46,7 +46,7 @@ import yaml
 from . import compare
 
 __all__ = ["ProtocolError", "Entry", "Protocol", "RunSpec", "load_protocol", "protocol_path", "plan", "run_state",
-           "describe_changed"]
+           "config_run_state", "describe_changed"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOP_KEYS = {"DESCRIPTION", "SEEDS", "OVERRIDES", "DATASETS", "GAP", "CLAIMS", "ENTRIES"}
@@ -280,6 +280,13 @@ def _default_config() -> dict:
     return yaml.safe_load(get_cfg().dump())
 
 
+def config_run_state(run_dir: str, cfg, *, defaults: Optional[dict] = None) -> tuple[str, dict]:
+    """:func:`run_state` of ``run_dir`` for the built config ``cfg`` it would be trained with now (its
+    ``DATASETS.TEST`` are the results a complete run holds); ``defaults``: the default config, as a dict."""
+    return run_state(run_dir, yaml.safe_load(cfg.dump()), list(cfg.DATASETS.TEST),
+                     defaults=_default_config() if defaults is None else defaults)
+
+
 def plan(protocol: Protocol, output_root: str) -> list[RunSpec]:
     """Every run of the protocol with its state; builds each run's config (a bad key names the entry)."""
     from ..config.setup import build_config
@@ -300,8 +307,7 @@ def plan(protocol: Protocol, output_root: str) -> list[RunSpec]:
             except (KeyError, ValueError, FileNotFoundError) as err:
                 msg = err.args[0] if isinstance(err, KeyError) and err.args else err
                 raise ProtocolError(f"{protocol.path}: entry {entry.name!r}: {msg}") from None
-            expected = yaml.safe_load(cfg.dump())
-            state, diffs = run_state(out, expected, list(cfg.DATASETS.TEST), defaults=defaults)
+            state, diffs = config_run_state(out, cfg, defaults=defaults)
             specs.append(RunSpec(entry=entry.name, seed=seed, output_dir=out, config_file=entry.config, opts=opts,
                                  tests=list(cfg.DATASETS.TEST), max_iter=int(cfg.SOLVER.MAX_ITER), state=state,
                                  changed_keys=diffs, after=after, threads=entry.threads))

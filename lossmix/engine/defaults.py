@@ -1,5 +1,5 @@
-"""``setup``: the config (file + overrides), the output folder with the merged ``config.yaml``, logging, custom datasets;
-``report_user_errors``: the tools' one-line errors for the user's mistakes."""
+"""``setup``: the config (file + overrides), the output folder with the merged ``config.yaml``, logging, custom
+datasets; ``report_user_errors``: the tools' one-line errors for the user's mistakes."""
 from __future__ import annotations
 
 import contextlib
