@@ -1,4 +1,4 @@
-"""tools/benchmark.py and lossmix.utils.benchmark: protocols, run states, aggregation, on fabricated run folders."""
+"""tools/benchmark.py and lossmix.benchmark: protocols, run states, aggregation, on fabricated run folders."""
 import json
 import math
 import os
@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from lossmix.config.setup import build_config
-from lossmix.utils import benchmark as bm
-from lossmix.utils.compare import check_poolable, load_run
+from lossmix import benchmark as bm
+from lossmix.benchmark.compare import check_poolable, load_run
 
 from .helpers import REPO, tiny_opts
 

@@ -41,7 +41,7 @@ def test_subset_of_an_unknown_dataset_names_it():
 
 def test_subset_larger_than_the_dataset_is_a_user_error(five):
     from lossmix.config.setup import ConfigError
-    from lossmix.utils.logger import user_errors
+    from lossmix.engine.defaults import user_errors
 
     with pytest.raises(ConfigError) as err:
         DatasetCatalog.get(f"{five}[:9]")

@@ -1,4 +1,4 @@
-"""lossmix.utils.compare (tables over seeds) and lossmix.utils.visualize (drawing), on hand-made inputs."""
+"""lossmix.benchmark.compare (tables over seeds) and lossmix.analysis.visualize (drawing), on hand-made inputs."""
 import json
 import math
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from lossmix.utils.compare import format_ap, load_runs, method_of, plot, summarize, to_markdown
-from lossmix.utils.visualize import draw_dashed_rectangle, draw_instances, weight_colour
+from lossmix.benchmark.compare import format_ap, load_runs, method_of, plot, summarize, to_markdown
+from lossmix.analysis.visualize import draw_dashed_rectangle, draw_instances, weight_colour
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -140,3 +140,78 @@ def test_da_eval_without_teacher_uses_student(tmp_path):
     _run(tmp_path / "run", "lossmix", {"tgt": {"teacher": None, "student": _voc(12.0, {"circle": 12.0})}})
     (row,) = summarize(load_runs([str(tmp_path / "run")]))["tgt"]
     assert (row.ap_mean, row.evaluated) == (12.0, "student")
+
+
+@pytest.fixture
+def grid(tmp_path, monkeypatch):
+    """tools/compare.py's trainer over a tiny config and seeds 0-2, with training recorded instead of run.
+
+    seed0 is complete; seed1 has its eval/ results but no final summary row (a run started over in the folder);
+    seed2 is empty."""
+    import yaml
+
+    import lossmix.engine.defaults
+    import lossmix.engine.run
+    from lossmix.config.setup import build_config
+
+    from .helpers import load_tool, tiny_opts
+
+    names = {"source_train": "synthetic_source_train", "source_test": "synthetic_source_test"}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(build_config("", tiny_opts(names, tmp_path / "unused")).dump())
+    root = tmp_path / "grid"
+    opts = ["SOLVER.MAX_ITER", "4"]
+    for seed, summary in ((0, True), (1, False)):
+        out = root / "tiny" / f"seed{seed}"
+        (out / "eval").mkdir(parents=True)
+        cfg = build_config(str(config), opts + ["SEED", str(seed), "OUTPUT_DIR", str(out)])
+        (out / "config.yaml").write_text(cfg.dump())
+        (out / "eval" / "synthetic_source_test.json").write_text(json.dumps({"model": _voc(40.0, {})}))
+        rows = [{"iteration": 4, "total_loss": 1.0}] + ([{"iteration": 4, "summary": {"iterations": 4}}] if summary
+                                                         else [])
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trained = []
+    monkeypatch.setattr(lossmix.engine.defaults, "setup",
+                        lambda config_file, opts, resume=None: (yaml.safe_load(
+                            build_config(config_file, opts).dump()), resume))
+    monkeypatch.setattr(lossmix.engine.run, "run", lambda cfg_resume, overwrite=False: trained.append(
+        (os.path.basename(cfg_resume[0]["OUTPUT_DIR"]), cfg_resume[1], overwrite)))
+    tool = load_tool("compare")
+    return lambda **kw: tool.train_runs([str(config)], [0, 1, 2], str(root), opts, **kw), trained, root
+
+
+def test_compare_grid_skips_only_runs_complete_by_the_benchmark_rule(grid):
+    train, trained, root = grid
+    # results in eval/ without the final summary row are not a complete run: seed1 is not skipped, and its folder
+    # holds a run, so nothing trains until --overwrite says it may be deleted
+    with pytest.raises(SystemExit, match=r"1 run folder\(s\) already hold a run: \S+seed1 \(not complete\); "
+                                         r"add --overwrite"):
+        train(skip_existing=True)
+    assert trained == []
+    dirs = train(skip_existing=True, overwrite=True)
+    assert [os.path.basename(d) for d in dirs] == ["seed0", "seed1", "seed2"]
+    assert trained == [("seed1", None, True), ("seed2", None, True)]
+
+
+def test_compare_grid_refuses_to_retrain_over_runs_unless_overwrite(grid):
+    train, trained, root = grid
+    with pytest.raises(SystemExit, match=r"2 run folder\(s\) already hold a run: \S+seed0 \(complete\), \S+seed1 "
+                                         r"\(not complete\); add --skip-existing to keep the complete ones, --overwrite"):
+        train()
+    assert trained == []
+    train(overwrite=True)
+    assert trained == [("seed0", None, True), ("seed1", None, True), ("seed2", None, True)]
+
+
+def test_compare_grid_retrains_a_run_of_another_config(grid):
+    train, trained, root = grid
+    import yaml
+
+    config = root / "tiny" / "seed0" / "config.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["LOSSMIX"]["ALPHA"] = 0.25
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit, match=r"\S+seed0 \(trained with another config\), \S+seed1 \(not complete\)"):
+        train(skip_existing=True)
+    train(skip_existing=True, overwrite=True)
+    assert [t[0] for t in trained] == ["seed0", "seed1", "seed2"]

@@ -124,7 +124,7 @@ def test_visualiser_shows_exactly_what_the_loader_yields(dicts):
     """iter_mixed_samples uses the loader's own Mixer (partner rule and generators): same model inputs."""
     from torch.utils.data import DataLoader
 
-    from lossmix.utils.visualize import iter_mixed_samples
+    from lossmix.analysis.visualize import iter_mixed_samples
 
     mixer = Mixer(mode="lossmix", method="cutmix", min_visible=0.1, seed=3)
     m = LossMixDatasetMapper(min_sizes=(80, 96), max_size=128)

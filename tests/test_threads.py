@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from lossmix.utils import benchmark as bm
+from lossmix import benchmark as bm
 from lossmix.utils.threads import ThreadCountFollower, thread_shares, write_thread_count
 
 from .test_benchmark import _protocol

@@ -1,9 +1,9 @@
-"""The mixing pictures (lossmix.utils.visualize) show what training used."""
+"""The mixing pictures (lossmix.analysis.visualize) show what training used."""
 from __future__ import annotations
 
 import numpy as np
 
-from lossmix.utils.visualize import draw_saliency_panel
+from lossmix.analysis.visualize import draw_saliency_panel
 
 
 def test_saliency_panel_uses_trainings_map_and_paste_mode():

@@ -10,7 +10,7 @@
 Runs go to <output-root>/<protocol>/<entry>/seed<k> and are trained by tools/train_net.py in
 subprocesses (log: <run>/benchmark.log). Complete runs are skipped, interrupted ones resumed; a run
 whose config.yaml differs from what the protocol now asks is an error (--rerun-changed retrains it).
-The protocol schema is in lossmix/utils/benchmark.py's docstring.
+The protocol schema is in lossmix/benchmark/protocol.py's docstring.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ try:
 except ImportError:  # runnable from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lossmix.utils import benchmark as bm  # noqa: E402
+from lossmix import benchmark as bm  # noqa: E402
 
 TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
 

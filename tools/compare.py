@@ -11,6 +11,11 @@
 Trailing ``KEY VALUE`` pairs (upper-case dotted keys) override every config. Writes
 ``compare.md`` and ``compare.png`` to ``--output`` (default: ``--output-root`` when training,
 else the current folder) and prints the markdown.
+
+With ``--configs``, ``--skip-existing`` keeps the runs that are complete by the benchmark's rule (the same config,
+a result for every ``DATASETS.TEST``, the final summary row in ``metrics.jsonl``). A run folder that holds any other
+run (complete but not skipped, interrupted, or trained with another config) is refused before anything trains,
+unless ``--overwrite``: its checkpoints, metrics and evaluations are then deleted and the run trained again.
 """
 from __future__ import annotations
 
@@ -24,9 +29,12 @@ try:
 except ImportError:  # runnable from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lossmix.utils.compare import GROUP_BY, load_runs, plot, summarize, to_markdown  # noqa: E402
+from lossmix.benchmark.compare import GROUP_BY, load_runs, plot, summarize, to_markdown  # noqa: E402
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+# a run folder's state (lossmix.benchmark.protocol.run_state) as the refusal to retrain over it names it
+_STATES = {"complete": "complete", "resume": "interrupted", "fresh": "not complete",
+           "changed": "trained with another config"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +51,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-root", default="output/compare", help="where --configs runs go")
     p.add_argument("--output", default=None, help="folder for compare.md / compare.png (None: --output-root with --configs, else the working directory)")
     p.add_argument("--skip-existing", action="store_true",
-                   help="with --configs: do not retrain a run whose eval/ already has every DATASETS.TEST result")
+                   help="with --configs: do not retrain a complete run (same config, every DATASETS.TEST result, "
+                        "the final summary row)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --configs: delete and retrain the runs already in --output-root that are not skipped "
+                        "(without it such a folder is refused)")
     p.add_argument("--group-by", choices=GROUP_BY, default="auto",
                    help="auto: parent folder of seed<k>/ folders, else LOSSMIX.MODE[+METHOD] from config.yaml")
     args = p.parse_args(argv)
@@ -55,34 +67,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def train_runs(configs, seeds, output_root, opts, skip_existing=False) -> list[str]:
-    """Train every config for every seed in this process; returns the run folders."""
+def train_runs(configs, seeds, output_root, opts, skip_existing=False, overwrite=False) -> list[str]:
+    """Train every config for every seed in this process; returns the run folders. With ``skip_existing`` a run
+    complete by the benchmark's rule (:func:`lossmix.benchmark.protocol.run_state`) is kept; a folder holding any
+    other run is refused before anything trains, or with ``overwrite`` its run is deleted and trained again."""
+    from lossmix.benchmark.protocol import config_run_state
     from lossmix.config.setup import build_config
+    from lossmix.engine.checkpoint import run_outputs
     from lossmix.engine.defaults import setup
     from lossmix.engine.run import run
 
     stems = [os.path.splitext(os.path.basename(c))[0] for c in configs]
     if len(set(stems)) != len(stems):
         raise SystemExit(f"config file names must differ (their stems name the methods): {stems}")
-    run_dirs = []
+    planned = []  # (config, seed, run folder, overrides, state)
     for config, stem in zip(configs, stems):
         for seed in seeds:
             out = os.path.join(output_root, stem, f"seed{seed}")
             run_opts = list(opts) + ["SEED", str(seed), "OUTPUT_DIR", out]
-            tests = build_config(config, run_opts).DATASETS.TEST  # setup() would rewrite config.yaml
-            if skip_existing and all(os.path.isfile(os.path.join(out, "eval", f"{t}.json")) for t in tests):
-                print(f"[compare] {out}: results exist, skipped", file=sys.stderr)
-            else:
-                print(f"[compare] training {config} seed {seed} -> {out}", file=sys.stderr)
-                run(setup(config, run_opts))
-            run_dirs.append(out)
-    return run_dirs
+            state, _ = config_run_state(out, build_config(config, run_opts))  # setup() would rewrite config.yaml
+            planned.append((config, seed, out, run_opts, state))
+    keep = {out for *_, out, _, state in planned if skip_existing and state == "complete"}
+    held = [f"{out} ({_STATES[state]})" for *_, out, _, state in planned if out not in keep and run_outputs(out)]
+    if held and not overwrite:
+        keep_hint = "" if skip_existing else "--skip-existing to keep the complete ones, "
+        raise SystemExit(f"compare: {len(held)} run folder(s) already hold a run: {', '.join(held)}; add "
+                         f"{keep_hint}--overwrite to delete and retrain them, or choose another --output-root")
+    for config, seed, out, run_opts, state in planned:
+        if out in keep:
+            print(f"[compare] {out}: complete, skipped", file=sys.stderr)
+        else:
+            print(f"[compare] training {config} seed {seed} -> {out}", file=sys.stderr)
+            run(setup(config, run_opts, resume=None if overwrite else False), overwrite=overwrite)
+    return [out for _, _, out, _, _ in planned]
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
     if args.configs:
-        run_dirs = train_runs(args.configs, args.seeds, args.output_root, args.opts, args.skip_existing)
+        run_dirs = train_runs(args.configs, args.seeds, args.output_root, args.opts, args.skip_existing,
+                              args.overwrite)
         output = args.output or args.output_root
     else:
         run_dirs, output = args.runs, args.output or "."

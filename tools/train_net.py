@@ -46,11 +46,10 @@ def parse_args(argv=None):
 
 
 def main(args):
-    from lossmix.engine.defaults import setup
+    from lossmix.engine.defaults import report_user_errors, setup
     from lossmix.engine.run import run
     from lossmix.evaluation import format_table
     from lossmix.utils import comm
-    from lossmix.utils.logger import report_user_errors
 
     with report_user_errors(debug=args.debug):
         cfg = setup(args.config_file, args.opts, eval_only=args.eval_only,

@@ -43,12 +43,12 @@ def main(argv=None) -> list[str]:
     from lossmix.data.builtin import register_custom  # (importing it registers the standard dataset names)
     from lossmix.data.catalog import MetadataCatalog
     from lossmix.data.loader import build_train_loader
-    from lossmix.utils.visualize import iter_mixed_samples, render_mixed_sample, save_png
+    from lossmix.analysis.visualize import iter_mixed_samples, render_mixed_sample, save_png
 
     opts = list(args.opts) + ["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", ""]  # no bad-sample log, no workers
     if args.seed is not None:
         opts += ["SEED", str(args.seed)]
-    from lossmix.utils.logger import report_user_errors
+    from lossmix.engine.defaults import report_user_errors
 
     with report_user_errors(debug=args.debug):
         cfg = build_config(args.config_file, opts)
