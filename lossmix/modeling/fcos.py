@@ -45,10 +45,6 @@ class WeightedFCOSHead(WeightedLossMixin, FCOSHead):
     read by :class:`~lossmix.modeling.one_stage.OneStageMixin`.
     """
 
-    def __init__(self, *args, bg_weight: float = 1.0, formulation: str = "instance", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.configure(bg_weight=bg_weight, formulation=formulation)
-
     def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor], anchors: list[Tensor],
                      matched_idxs: list[Tensor]) -> dict[str, Tensor]:
         labels, boxes, cls_w, box_w = [], [], [], []

@@ -25,10 +25,6 @@ class WeightedRoIHeads(WeightedLossMixin, RoIHeads):
     ``formulation`` — ``"instance"`` or ``"interpolate"`` (see :mod:`lossmix.modeling.targets`).
     """
 
-    def __init__(self, *args, bg_weight: float = 1.0, formulation: str = "instance", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.configure(bg_weight=bg_weight, formulation=formulation)
-
     @classmethod
     def from_roi_heads(cls, heads: RoIHeads, **settings) -> "WeightedRoIHeads":
         """Reuse a built torchvision ``RoIHeads``' modules and settings (shares its parameters)."""

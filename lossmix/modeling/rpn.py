@@ -35,10 +35,6 @@ class WeightedRPN(WeightedLossMixin, RegionProposalNetwork):
     ``formulation`` — ``"instance"`` or ``"interpolate"`` (see :mod:`lossmix.modeling.targets`).
     """
 
-    def __init__(self, *args, bg_weight: float = 1.0, formulation: str = "instance", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.configure(bg_weight=bg_weight, formulation=formulation)
-
     @classmethod
     def from_rpn(cls, rpn: RegionProposalNetwork, **settings) -> "WeightedRPN":
         """Reuse a built torchvision RPN's modules and settings (shares its parameters)."""

@@ -104,6 +104,10 @@ class WeightedLossMixin:
     bg_weight: float
     formulation: str
 
+    def __init__(self, *args, bg_weight: float = 1.0, formulation: str = "instance", **kwargs):
+        super().__init__(*args, **kwargs)  # the torchvision head this mixin precedes
+        self.configure(bg_weight=bg_weight, formulation=formulation)
+
     def configure(self, *, bg_weight: float = 1.0, formulation: str = "instance") -> None:
         if formulation not in FORMULATIONS:
             raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
