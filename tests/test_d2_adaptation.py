@@ -203,8 +203,9 @@ def test_tool_help_and_configs(data):
         cfg.merge_from_file(os.path.join(folder, name))
         lmd2.config.validate_lossmix_config(cfg)
         assert cfg.DA.ENABLED, name
+    # Adaptive Teacher's released VOC -> Watercolor2k / Clipart1k settings (faster_rcnn_R101_cross_{water,clipart}.yaml)
     assert (cfg.DA.EMA_DECAY, cfg.DA.PSEUDO_THRESHOLD, cfg.DA.DIS_LOSS_WEIGHT, cfg.DA.BURN_IN_ITERS,
-            cfg.DA.DIS_FEATURE) == (0.9996, 0.8, 0.1, 20000, "res4")
+            cfg.DA.DIS_FEATURE, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (0.9996, 0.7, 0.1, 1, "res4", 32, 0.01)
     from detectron2.modeling import build_model
 
     cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
