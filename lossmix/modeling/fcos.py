@@ -84,9 +84,7 @@ class LossMixFCOS(OneStageMixin, FCOS):
     convention (:mod:`.one_stage`). ``num_classes``: object classes, background excluded. FCOS wants one
     anchor per location whose size is the level's stride (its scale ranges are 4x and 8x that size)."""
 
-    def __init__(self, backbone, num_classes: int, *, bg_weight: float = 1.0, formulation: str = "instance", **kwargs):
-        super().__init__(backbone, num_classes, **kwargs)
-        self.head = WeightedFCOSHead.adopt(self.head, bg_weight=bg_weight, formulation=formulation)
+    weighted_head = WeightedFCOSHead
 
     @classmethod
     def from_config(cls, cfg) -> "LossMixFCOS":

@@ -23,7 +23,14 @@ from .targets import interpolate_targets
 
 class OneStageMixin:
     """Label shift, ``loss_*`` names and the interpolate formulation for a torchvision one-stage detector whose
-    ``head`` is a weighted head (has ``formulation``)."""
+    ``head`` is a weighted head (has ``formulation``): torchvision's head, built by the detector, is replaced by
+    ``weighted_head.adopt`` (its parameters kept)."""
+
+    weighted_head: type  # the weighted head class (a WeightedLossMixin) that takes over torchvision's head
+
+    def __init__(self, backbone, num_classes: int, *, bg_weight: float = 1.0, formulation: str = "instance", **kwargs):
+        super().__init__(backbone, num_classes, **kwargs)
+        self.head = self.weighted_head.adopt(self.head, bg_weight=bg_weight, formulation=formulation)
 
     def forward(self, images: list[Tensor], targets: Optional[list[dict[str, Tensor]]] = None):
         if targets is not None:

@@ -80,9 +80,7 @@ class LossMixRetinaNet(OneStageMixin, RetinaNet):
     """torchvision's ``RetinaNet`` with :class:`WeightedRetinaNetHead` (its parameters kept) and the project's
     label convention (:mod:`.one_stage`). ``num_classes``: object classes, background excluded."""
 
-    def __init__(self, backbone, num_classes: int, *, bg_weight: float = 1.0, formulation: str = "instance", **kwargs):
-        super().__init__(backbone, num_classes, **kwargs)
-        self.head = WeightedRetinaNetHead.adopt(self.head, bg_weight=bg_weight, formulation=formulation)
+    weighted_head = WeightedRetinaNetHead
 
     @classmethod
     def from_config(cls, cfg) -> "LossMixRetinaNet":
