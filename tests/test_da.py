@@ -317,3 +317,17 @@ def test_da_loader_honours_on_bad_sample(tmp_path):
     assert len(loader.dataset.target) == 2  # the bad annotation file is left out, the run goes on
     rows = [json.loads(line) for line in open(tmp_path / "skip" / "bad_samples.jsonl")]
     assert [(r["file"], r["kind"], r["dataset"]) for r in rows] == [(str(xml), "malformed_xml", own["clipart_train"])]
+
+
+def test_strong_source_augmentation_never_reaches_the_teachers_view(names, tmp_path):
+    """INPUT.STRONG_AUGMENT_PROB strong-augments source images only: the target's weak view (the teacher's input)
+    is the same with it at 1 as at 0, while the source images differ."""
+    opts = _da_opts(names, **{"LOSSMIX.MODE": "none"})
+    plain = next(iter(build_da_loader(tiny_cfg(names, tmp_path / "a", **opts), start_iter=2)))
+    strong = next(iter(build_da_loader(tiny_cfg(names, tmp_path / "b", **opts, **{"INPUT.STRONG_AUGMENT_PROB": 1.0}),
+                                       start_iter=2)))
+    assert len(plain["target"]) == len(strong["target"]) > 0
+    for p, s in zip(plain["target"], strong["target"]):
+        assert torch.equal(p["weak"]["image"], s["weak"]["image"])
+    assert all(p["image"].shape == s["image"].shape for p, s in zip(plain["source"], strong["source"]))
+    assert not any(torch.equal(p["image"], s["image"]) for p, s in zip(plain["source"], strong["source"]))

@@ -137,3 +137,27 @@ def test_visualiser_shows_exactly_what_the_loader_yields(dicts):
             record = next(records)
             _equal(record["model_input"], expected)
             assert record["partner"] is not None and 0 < record["mixed"]["lam"] <= 1
+
+
+def test_strong_augment_prob_changes_only_pixels_and_only_when_drawn(dicts):
+    """INPUT.STRONG_AUGMENT_PROB: at 0 loading is exactly the weak mapper's (no extra random draw); at 1 every
+    image gets the strong photometric augmentation on the same geometry, boxes untouched; ``weak_only`` drops it."""
+    weak = LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, flip_prob=0.5)
+    never = LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, flip_prob=0.5, strong_prob=0.0)
+    always = LossMixDatasetMapper(min_sizes=(80, 96), max_size=128, flip_prob=0.5, strong_prob=1.0)
+    for d in dicts[:3]:
+        rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+        a, b = weak.load(d, rng_a), never.load(d, rng_b)
+        assert np.array_equal(a["image"], b["image"]) and rng_a.random() == rng_b.random()  # same draws after
+        c = always.load(d, np.random.default_rng(5))
+        assert c["geometry"] == a["geometry"] and c["image"].shape == a["image"].shape
+        np.testing.assert_array_equal(c["boxes"], a["boxes"])
+        assert not np.array_equal(c["image"], a["image"])
+        again = always.weak_only().load(d, np.random.default_rng(5))
+        assert np.array_equal(again["image"], a["image"]) and always.strong_prob == 1.0
+    # the draw at 0 < p < 1 is per image: some of many images are augmented, some not
+    half = LossMixDatasetMapper(min_sizes=(80,), max_size=128, flip_prob=0.0, strong_prob=0.5)
+    plain = LossMixDatasetMapper(min_sizes=(80,), max_size=128, flip_prob=0.0)
+    changed = [not np.array_equal(half.load(dicts[0], np.random.default_rng(s))["image"],
+                                  plain.load(dicts[0], np.random.default_rng(s))["image"]) for s in range(20)]
+    assert 3 <= sum(changed) <= 17

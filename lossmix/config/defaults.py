@@ -174,6 +174,7 @@ _C.INPUT.MAX_SIZE_TRAIN = 1333  # cap on the long side, training
 _C.INPUT.MIN_SIZE_TEST = 800  # short side at inference
 _C.INPUT.MAX_SIZE_TEST = 1333  # cap on the long side at inference
 _C.INPUT.RANDOM_FLIP = 0.5  # probability of a horizontal flip, training
+_C.INPUT.STRONG_AUGMENT_PROB = 0.0  # probability that a labelled training image also gets Adaptive Teacher's strong photometric augmentation (colour jitter, greyscale, blur, random erasing; boxes unchanged) after its weak geometry. AT trains its source on a weak and a strong view of each image; 0.5 gives the same mix at the same batch size. Not for the target views, whose strong view is always strong
 
 # ---------------------------------------------------------------------------- datasets
 _C.DATASETS = CfgNode()

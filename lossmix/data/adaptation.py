@@ -89,8 +89,8 @@ class TwoViewMapper:
 
     @classmethod
     def from_config(cls, cfg, *, keep_annotations: bool = False, ground_truth: bool = False) -> "TwoViewMapper":
-        return cls(weak=LossMixDatasetMapper.from_config(cfg, is_train=True), keep_annotations=keep_annotations,
-                   ground_truth=ground_truth)
+        weak = LossMixDatasetMapper.from_config(cfg, is_train=True).weak_only()
+        return cls(weak=weak, keep_annotations=keep_annotations, ground_truth=ground_truth)
 
     def load(self, dataset_dict: dict, rng: np.random.Generator) -> dict:
         weak = self.weak.load(dataset_dict, rng)
@@ -190,7 +190,8 @@ def build_da_loader(cfg, *, start_iter: int = 0, local_batch: Optional[int] = No
     source = TrainDataset(source_dicts, mapper, seed=mixer.seed, on_bad=on_bad, bad_log=bad_log,
                           with_partner="source_source" in pairs and local_batch == 1)
     target_seed = int(np.random.SeedSequence([mixer.seed, _TARGET_SEED_STREAM]).generate_state(1)[0])
-    target = TrainDataset(target_dicts, TwoViewMapper(weak=mapper, ground_truth=target_ground_truth(cfg, target_dicts)),
+    weak = mapper.weak_only() if hasattr(mapper, "weak_only") else mapper  # the teacher's view is never strong
+    target = TrainDataset(target_dicts, TwoViewMapper(weak=weak, ground_truth=target_ground_truth(cfg, target_dicts)),
                           seed=target_seed, on_bad=on_bad, bad_log=bad_log)
     dataset = DomainAdaptationDataset(source, target, global_batch=local_batch * world,
                                       target_from_iter=0 if "source_target" in pairs else cfg.DA.BURN_IN_ITERS)

@@ -1,6 +1,7 @@
 """Dataset dict -> numpy sample (read + weak augmentation) -> model input.
 
-- :meth:`LossMixDatasetMapper.load`: read + weak augmentation of one dataset dict -> a *sample*
+- :meth:`LossMixDatasetMapper.load`: read + weak augmentation (and, with ``strong_prob``, sometimes
+  Adaptive Teacher's strong photometric augmentation) of one dataset dict -> a *sample*
   ``{"image": HxWx3 uint8 RGB, "boxes": float32 [N,4] xyxy, "classes": int64 [N] (0-based),
   "weights": float32 [N], plus "file_name", "image_id", "height", "width" of the original}``;
 - :func:`to_model_input`: a (mixed) sample -> the torchvision detector's input.
@@ -10,13 +11,14 @@ The mapper never mixes: the loaders pair loaded samples and mix them with the on
 """
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..structures import to_xyxy
-from .augment import WeakAugment, apply_geometry
+from .augment import StrongAugment, WeakAugment, apply_geometry
 from .errors import BadSampleError
 from .image_io import read_image
 
@@ -57,6 +59,10 @@ class LossMixDatasetMapper:
     Args:
         min_sizes / max_size / flip_prob: weak augmentation (short side drawn from ``min_sizes``).
         use_difficult: keep VOC ``difficult`` boxes as targets.
+        strong_prob: probability that a loaded image also gets ``strong`` (default :class:`StrongAugment`,
+            Adaptive Teacher's colour jitter, greyscale, blur and erasing; boxes unchanged) after the
+            geometry (``INPUT.STRONG_AUGMENT_PROB``). At 0 no random number is drawn for it, so loading
+            is unchanged. :meth:`weak_only` is the same mapper without it (the target's weak view).
     """
 
     def __init__(
@@ -66,9 +72,19 @@ class LossMixDatasetMapper:
         max_size: int,
         flip_prob: float = 0.5,
         use_difficult: bool = False,
+        strong_prob: float = 0.0,
+        strong: StrongAugment | None = None,
     ):
         self.augment = WeakAugment(short_edges=tuple(min_sizes), max_size=max_size, flip_prob=flip_prob)
         self.use_difficult = use_difficult
+        self.strong_prob = float(strong_prob)
+        self.strong = strong if strong is not None else StrongAugment()
+
+    def weak_only(self) -> "LossMixDatasetMapper":
+        """A copy that never applies the strong augmentation (``strong_prob`` 0)."""
+        out = copy.copy(self)
+        out.strong_prob = 0.0
+        return out
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> "LossMixDatasetMapper":
@@ -80,6 +96,7 @@ class LossMixDatasetMapper:
             max_size=cfg.INPUT.MAX_SIZE_TRAIN,
             flip_prob=cfg.INPUT.RANDOM_FLIP,
             use_difficult=cfg.DATASETS.TRAIN_USE_DIFFICULT,
+            strong_prob=cfg.INPUT.STRONG_AUGMENT_PROB,
         )
 
     def read(self, dataset_dict: dict) -> np.ndarray:
@@ -101,6 +118,8 @@ class LossMixDatasetMapper:
         if geometry is None:
             geometry = self.augment.draw_geometry(image.shape[0], image.shape[1], rng)
         image, boxes = apply_geometry(image, boxes, geometry)
+        if self.strong_prob > 0 and rng.random() < self.strong_prob:
+            image = self.strong.apply_image(image, rng)
         h, w = image.shape[:2]
         np.clip(boxes, 0, [w, h, w, h], out=boxes)  # float rounding of the resize only; the reader clipped already
         sample = {k: dataset_dict[k] for k in ("file_name", "image_id", "height", "width") if k in dataset_dict}
