@@ -382,10 +382,10 @@ ENTRIES:
         _fake_run(spec, {test: {"teacher": {"AP50": 20.0 + k, "per_class": {}},
                                 "student": {"AP50": 16.0 + k, "per_class": {}}}})
         rows = [{"iteration": 2, "total_loss": 1.0, "pseudo_labels_per_image": 1.0 + k, "pseudo_precision": 0.5,
-                 "pseudo_recall": 0.2 + 0.1 * k, "pseudo_images_without_labels": 0.5},
+                 "pseudo_precision_box": 0.6, "pseudo_recall": 0.2 + 0.1 * k, "pseudo_images_without_labels": 0.5},
                 {"iteration": 2, "eval": {test: {"teacher": {"AP50": 12.0 + 2 * k}, "student": {"AP50": 11.0}}}},
                 {"iteration": 4, "total_loss": 1.0, "pseudo_labels_per_image": 2.0, "pseudo_precision": 0.75,
-                 "pseudo_recall": 0.4, "pseudo_images_without_labels": 0.0},
+                 "pseudo_precision_box": 0.9, "pseudo_recall": 0.4, "pseudo_images_without_labels": 0.0},
                 {"iteration": 4, "summary": {"iterations": 4, "seconds": 3.0}}]
         with open(os.path.join(spec.output_dir, "metrics.jsonl"), "w") as f:
             f.write("".join(json.dumps(r) + "\n" for r in rows))
@@ -401,7 +401,7 @@ ENTRIES:
     assert pseudo["pseudo_recall"]["at"]["mean"] == pytest.approx([0.25, 0.4])
     assert pseudo["pseudo_labels_per_image"]["at"]["mean"] == [1.5, 2.0] and "src" not in pseudo["pseudo_recall"]
     md = bm.to_markdown(report)
-    assert "| at | 2 (2–4) | 1.50 → 2.00 | 50% → 0% | 50% → 75% | 25% → 40% |" in md
+    assert "| at | 2 (2–4) | 1.50 → 2.00 | 50% → 0% | 50% → 75% | 60% → 90% | 25% → 40% |" in md
     written = bm.write_report(report, str(tmp_path / "docs"))
     assert os.path.basename(written[-1]) == "proto_adaptation.png"
     assert open(written[-1], "rb").read()[:8] == PNG_MAGIC

@@ -50,6 +50,9 @@ def test_matching_is_greedy_by_score_one_gt_once_class_must_agree():
     assert match_pseudo_labels(P1, GT1["boxes"], GT1["classes"]).tolist() == [False, True, False, False, True]
     assert match_pseudo_labels(P2, GT2["boxes"], GT2["classes"]).tolist() == [False]
     assert match_pseudo_labels(P3, GT3["boxes"], GT3["classes"]).tolist() == []
+    # class ignored: B's box with the wrong class becomes a TP; the duplicate and the IoU-0.499 box stay FPs
+    agnostic = match_pseudo_labels(P1, GT1["boxes"], GT1["classes"], class_agnostic=True)
+    assert agnostic.tolist() == [False, True, True, False, True]
     # exactly 0.5 is not a match (strictly above, as the VOC evaluator); just above is
     half = _labels([(0, [50, 50, 60, 55], 0.9)])
     assert match_pseudo_labels(half, GT1["boxes"], GT1["classes"]).tolist() == [False]
@@ -77,6 +80,7 @@ def test_period_summary_pools_counts_over_its_steps_then_starts_again():
     # pooled: TP 2, FP 4, FN 2 (the mean of the two steps' ratios would give recall (2/3 + 0) / 2)
     assert (out["pseudo_tp"], out["pseudo_fp"], out["pseudo_fn"]) == (2.0, 4.0, 2.0)
     assert out["pseudo_precision"] == pytest.approx(2 / 6) and out["pseudo_recall"] == pytest.approx(2 / 4)
+    assert out["pseudo_precision_box"] == pytest.approx(3 / 6)  # + B's box with the wrong class
     assert out["pseudo_precision/circle"] == pytest.approx(2 / 5) and out["pseudo_recall/circle"] == 1.0
     assert out["pseudo_precision/square"] == 0.0 and out["pseudo_recall/square"] == 0.0
     assert math.isnan(out["pseudo_precision/star"]) and math.isnan(out["pseudo_recall/star"])

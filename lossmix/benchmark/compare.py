@@ -41,6 +41,7 @@ ROLES = ("auto", "teacher", "student", "model")  # which model of an eval file: 
 # metrics.jsonl keys of a domain-adaptation run drawn over adaptation iterations, with their panel titles
 PSEUDO_LABEL_CURVES = {"pseudo_precision": "pseudo-label precision (IoU 0.5)",
                        "pseudo_recall": "pseudo-label recall (IoU 0.5)",
+                       "pseudo_precision_box": "pseudo-label box precision (IoU 0.5, any class)",
                        "pseudo_labels_per_image": "pseudo-labels per target image",
                        "pseudo_images_without_labels": "share of target images without pseudo-labels"}
 

@@ -237,18 +237,20 @@ def pseudo_label_lines(report: dict) -> list[str]:
              "and recall are at IoU 0.5 against the target split's own annotations (never given to the student unless "
              "DA.TARGET_LABELS ground_truth); `pseudo_*` keys of each run's metrics.jsonl hold every row, per class too. "
              f"Curves: `{report['protocol']}_adaptation.png`.", "",
-             "| entry | rows (iterations) | per image | images without | precision | recall |",
-             "|---|---|---:|---:|---:|---:|"]
+             "Box precision ignores the class: the share of pseudo-labels on a real object; the difference to the "
+             "precision is the share on a real object with the wrong class.", "",
+             "| entry | rows (iterations) | per image | images without | precision | box precision | recall |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for name in [e["name"] for e in report["entries"]]:
         row = [by.get(key, {}).get(name) for key in compare.PSEUDO_LABEL_CURVES]
         present = [c for c in row if c is not None and c.iterations]
         if not present:
             continue
         its = present[0].iterations
-        precision, recall, per_image, without = row
+        precision, recall, box_precision, per_image, without = row
         lines.append(f"| {name} | {len(its)} ({its[0]}–{its[-1]}) | {_first_last(per_image, 2)} | "
                      f"{_first_last(without, 0, percent=True)} | {_first_last(precision, 0, percent=True)} | "
-                     f"{_first_last(recall, 0, percent=True)} |")
+                     f"{_first_last(box_precision, 0, percent=True)} | {_first_last(recall, 0, percent=True)} |")
     return lines
 
 

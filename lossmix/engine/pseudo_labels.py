@@ -76,14 +76,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def match_pseudo_labels(pseudo: dict, gt_boxes: np.ndarray, gt_classes: np.ndarray, *,
-                        iou_threshold: float = 0.5) -> np.ndarray:
+                        iou_threshold: float = 0.5, class_agnostic: bool = False) -> np.ndarray:
     """Which pseudo-labels of one image are true positives: ``bool [M]`` in ``pseudo``'s order.
 
     VOC's greedy rule: in descending score order (ties keep their order), each pseudo-label takes
     the ground-truth box of *its class* it overlaps most; it is a true positive when that IoU is
     strictly above ``iou_threshold`` (as the devkit and :mod:`lossmix.evaluation.voc`) and that box
     was not taken by a higher-scored pseudo-label. Otherwise (no overlap enough, another class only,
-    or a duplicate of a taken box) it is a false positive.
+    or a duplicate of a taken box) it is a false positive. ``class_agnostic`` drops the class
+    condition: then only the box is judged (a right box with a wrong class is a true positive).
 
     Args:
         pseudo: ``{"boxes": [M,4] xyxy, "classes": [M] 0-based, "scores": [M]}`` (:func:`filter_pseudo_labels`).
@@ -96,7 +97,8 @@ def match_pseudo_labels(pseudo: dict, gt_boxes: np.ndarray, gt_classes: np.ndarr
     if not len(boxes) or not len(gt_classes):
         return tp
     iou = box_iou(boxes, gt_boxes)
-    iou[classes[:, None] != gt_classes[None, :]] = -1.0  # the class must agree
+    if not class_agnostic:
+        iou[classes[:, None] != gt_classes[None, :]] = -1.0  # the class must agree
     taken = np.zeros(len(gt_classes), bool)
     for i in np.argsort(-np.asarray(pseudo["scores"], np.float64), kind="stable"):
         best = int(np.argmax(iou[i]))
@@ -147,6 +149,7 @@ class PseudoLabelStats:
         self.scores: list[np.ndarray] = []
         self.images_with_gt = 0
         self.tp, self.fp, self.fn = (np.zeros(n, np.int64) for _ in range(3))
+        self.box_tp = 0  # pseudo-labels whose box matches a ground-truth box of any class
 
     def update(self, pseudo_labels: Sequence[dict], ground_truth: Optional[Sequence[Optional[dict]]] = None) -> None:
         """One step: ``pseudo_labels`` per image (:func:`filter_pseudo_labels`); ``ground_truth`` per image
@@ -159,6 +162,8 @@ class PseudoLabelStats:
             if gt is not None:
                 tp, fp, fn = count_matches(pseudo, gt["boxes"], gt["classes"], len(self.class_names),
                                            iou_threshold=self.iou_threshold)
+                self.box_tp += int(match_pseudo_labels(pseudo, gt["boxes"], gt["classes"], class_agnostic=True,
+                                                       iou_threshold=self.iou_threshold).sum())
                 self.images_with_gt += 1
                 self.tp += tp
                 self.fp += fp
@@ -171,7 +176,9 @@ class PseudoLabelStats:
         - ``pseudo_score_mean`` / ``_q25`` / ``_median`` / ``_q75``: the kept pseudo-labels' scores (NaN when none);
         - with ground truth: ``pseudo_precision``, ``pseudo_recall`` and their counts ``pseudo_tp`` /
           ``pseudo_fp`` / ``pseudo_fn``, and per class ``pseudo_precision/<class>``, ``pseudo_recall/<class>``
-          (NaN where undefined: no pseudo-label, or no ground truth, of that class).
+          (NaN where undefined: no pseudo-label, or no ground truth, of that class); ``pseudo_precision_box``:
+          the share whose box matches a ground-truth box of any class (``pseudo_precision_box - pseudo_precision``
+          is the share with a right box and a wrong class).
         """
         if not self.images:
             return {}
@@ -184,6 +191,7 @@ class PseudoLabelStats:
         if self.images_with_gt:
             tp, fp, fn = int(self.tp.sum()), int(self.fp.sum()), int(self.fn.sum())
             out.update(pseudo_precision=_ratio(tp, tp + fp), pseudo_recall=_ratio(tp, tp + fn),
+                       pseudo_precision_box=_ratio(self.box_tp, tp + fp),
                        pseudo_tp=float(tp), pseudo_fp=float(fp), pseudo_fn=float(fn))
             for c, name in enumerate(self.class_names):
                 out[f"pseudo_precision/{name}"] = _ratio(self.tp[c], self.tp[c] + self.fp[c])
