@@ -93,6 +93,8 @@ def test_protocol_parsing(tmp_path):
     ("SEEDS: [0]\nOVERRIDES: [SOLVER.MAX_ITER]\nENTRIES:\n  - {NAME: a, CONFIG: x.yaml}\n", "OVERRIDES must be a list"),
     ("SEEDS: [0]\nENTRIES:\n  - {NAME: a, CONFIG: x.yaml, OVERRIDES: [SEED, 3]}\n", "ENTRIES[0] (a).OVERRIDES sets SEED"),
     ("SEEDS: [0]\nGAP: {SOURCE_ONLY: a, ORACLE: b}\nENTRIES:\n  - {NAME: a, CONFIG: x.yaml}\n", "GAP.ORACLE = 'b'"),
+    ("SEEDS: [0]\nGAP: {SOURCE_ONLY: a, ORACLE: {d: a, e: c}}\nENTRIES:\n  - {NAME: a, CONFIG: x.yaml}\n",
+     "GAP.ORACLE = 'c'"),
     ("SEED: [0]\nENTRIES:\n  - {NAME: a, CONFIG: x.yaml}\n", "unknown key(s) ['SEED']"),
     ("SEEDS: [0\n", "not valid YAML"),
 ])
@@ -405,3 +407,21 @@ ENTRIES:
     written = bm.write_report(report, str(tmp_path / "docs"))
     assert os.path.basename(written[-1]) == "proto_adaptation.png"
     assert open(written[-1], "rb").read()[:8] == PNG_MAGIC
+
+
+def test_gap_closed_with_an_oracle_per_target_domain():
+    """GAP.ORACLE may name each dataset's own oracle: the share is taken against it, and a dataset it does not
+    name gets NaN (never the other domain's oracle)."""
+    from lossmix.benchmark.compare import MethodSummary
+
+    def rows(dataset, means):
+        return [MethodSummary(method=m, dataset=dataset, ap_values=[v], ap_mean=v, ap_std=float("nan"),
+                              per_class={}, evaluated="model", runs=[]) for m, v in means.items()]
+
+    summary = {"clip": rows("clip", {"src": 20.0, "at": 30.0, "oracle_clip": 60.0}),
+               "water": rows("water", {"src": 10.0, "at": 12.0, "oracle_water": 50.0}),
+               "other": rows("other", {"src": 10.0, "at": 12.0})}
+    gap = bm.gap_closed(summary, "src", {"clip": "oracle_clip", "water": "oracle_water"})
+    assert gap["clip"]["at"] == pytest.approx(10 / 40) and gap["water"]["at"] == pytest.approx(2 / 40)
+    assert math.isnan(gap["other"]["at"])
+    assert bm.gap_closed(summary, "src", "oracle_clip")["clip"]["at"] == pytest.approx(10 / 40)

@@ -7,7 +7,8 @@ A *protocol* is a YAML file, ``configs/benchmark/<name>.yaml``::
     OVERRIDES: ["SOLVER.MAX_ITER", "600"]           # optional KEY VALUE pairs applied to every entry
     DATASETS: ["synthetic_source_test"]             # optional: the eval results tabulated (default: every one found)
     GAP: {SOURCE_ONLY: source_only, ORACLE: oracle} # optional: adds the share of the gap closed per dataset,
-                                                    #   (entry - source_only) / (oracle - source_only), on the means
+                                                    #   (entry - source_only) / (oracle - source_only), on the means;
+                                                    #   ORACLE may map datasets to entries ({dataset: entry, ...})
     CLAIMS:                                         # optional: claims judged in the report (see report.claim_verdict)
       - {CLAIM: "LossMix > no mixing", BETTER: lossmix, THAN: none, DATASET: synthetic_source_test}
     ENTRIES:                                        # required, a non-empty list
@@ -77,7 +78,7 @@ class Protocol:
     description: str
     overrides: list[str]
     datasets: list[str]  # empty: every dataset found
-    gap: Optional[dict]  # {"SOURCE_ONLY": entry, "ORACLE": entry} or None
+    gap: Optional[dict]  # {"SOURCE_ONLY": entry, "ORACLE": entry or {dataset: entry}} or None
     entries: list[Entry]
     claims: list[dict] = field(default_factory=list)  # {"CLAIM", "BETTER", "THAN", "DATASET"}
 
@@ -188,7 +189,8 @@ def load_protocol(path: str) -> Protocol:
     if gap is not None:
         if not isinstance(gap, dict) or set(gap) != {"SOURCE_ONLY", "ORACLE"}:
             raise ProtocolError(f"{path}: GAP must be {{SOURCE_ONLY: entry, ORACLE: entry}}, got {gap!r}")
-        for key, value in gap.items():
+        oracles = gap["ORACLE"].values() if isinstance(gap["ORACLE"], dict) else [gap["ORACLE"]]
+        for key, value in [("SOURCE_ONLY", gap["SOURCE_ONLY"])] + [("ORACLE", v) for v in oracles]:
             if value not in (x.name for x in entries):
                 raise ProtocolError(f"{path}: GAP.{key} = {value!r} is not an entry NAME")
     claims = data.get("CLAIMS") or []

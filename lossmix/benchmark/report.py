@@ -88,13 +88,15 @@ def _summary_json(summary: dict) -> dict:
                       for row in rows} for dataset, rows in summary.items()}
 
 
-def gap_closed(summary: dict, source_only: str, oracle: str) -> dict[str, dict[str, float]]:
+def gap_closed(summary: dict, source_only: str, oracle) -> dict[str, dict[str, float]]:
     """``{dataset: {entry: (mean - source_only mean) / (oracle mean - source_only mean)}}`` (NaN when the
-    oracle does not beat source only, or either is missing on that dataset)."""
+    oracle does not beat source only, or either is missing on that dataset). ``oracle``: an entry name, or
+    ``{dataset: entry}`` (each target domain its own oracle; datasets it does not name get NaN)."""
     out = {}
     for dataset, rows in summary.items():
         means = {row.method: row.ap_mean for row in rows}
-        lo, hi = means.get(source_only, float("nan")), means.get(oracle, float("nan"))
+        this_oracle = oracle.get(dataset) if isinstance(oracle, dict) else oracle
+        lo, hi = means.get(source_only, float("nan")), means.get(this_oracle, float("nan"))
         ok = math.isfinite(lo) and math.isfinite(hi) and hi > lo
         out[dataset] = {m: ((v - lo) / (hi - lo) if ok and math.isfinite(v) else float("nan"))
                         for m, v in means.items()}
