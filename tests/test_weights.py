@@ -74,7 +74,7 @@ def test_readme_adaptation_quickstart_trains_each_weights_file_before_it_is_used
 
     text = open(f"{REPO}/README.md", encoding="utf-8").read().split("## Domain adaptation", 1)[1].split("\n## ", 1)[0]
     configs = re.findall(r"train_net.py --config-file (configs/quickstart/\S+\.yaml)", text)
-    assert any("synthetic_at_lossmix" in c for c in configs)
+    assert any("synthetic_adapt_at_lossmix" in c for c in configs)
     for k, config in enumerate(configs):
         weights = build_config(f"{REPO}/{config}").MODEL.WEIGHTS
         if weights:
