@@ -244,15 +244,15 @@ def pseudo_label_lines(report: dict) -> list[str]:
              "| entry | rows (iterations) | per image | images without | precision | box precision | recall |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for name in [e["name"] for e in report["entries"]]:
-        row = [by.get(key, {}).get(name) for key in compare.PSEUDO_LABEL_CURVES]
-        present = [c for c in row if c is not None and c.iterations]
+        row = {key: by.get(key, {}).get(name) for key in compare.PSEUDO_LABEL_CURVES}
+        present = [c for c in row.values() if c is not None and c.iterations]
         if not present:
             continue
         its = present[0].iterations
-        precision, recall, box_precision, per_image, without = row
-        lines.append(f"| {name} | {len(its)} ({its[0]}–{its[-1]}) | {_first_last(per_image, 2)} | "
-                     f"{_first_last(without, 0, percent=True)} | {_first_last(precision, 0, percent=True)} | "
-                     f"{_first_last(box_precision, 0, percent=True)} | {_first_last(recall, 0, percent=True)} |")
+        cells = [_first_last(row["pseudo_labels_per_image"], 2)] + [
+            _first_last(row[key], 0, percent=True) for key in ("pseudo_images_without_labels", "pseudo_precision",
+                                                                "pseudo_precision_box", "pseudo_recall")]
+        lines.append(f"| {name} | {len(its)} ({its[0]}–{its[-1]}) | " + " | ".join(cells) + " |")
     return lines
 
 
