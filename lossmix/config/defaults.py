@@ -158,6 +158,7 @@ _C.MODEL.RETINANET.SCORE_THRESH_TEST = 0.05  # detections below this score are d
 _C.MODEL.RETINANET.NMS_THRESH_TEST = 0.5  # class-wise NMS IoU threshold at inference
 _C.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 1000  # top-scoring anchors kept per level before NMS
 _C.MODEL.RETINANET.DETECTIONS_PER_IMAGE = 100  # detections kept per image at inference
+_C.MODEL.RETINANET.NORM = ""  # normalisation in the head's conv towers: "" (torchvision's RetinaNet) | "GN" (GroupNorm, 32 groups: torchvision's retinanet_resnet50_fpn_v2 head, detectron2's MODEL.RETINANET.NORM)
 
 _C.MODEL.FCOS = CfgNode()
 _C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5  # a location is foreground within this many strides of a box centre (and inside the box)

@@ -125,7 +125,8 @@ def _anchor_generator(anchor_sizes, aspect_ratios, num_levels: int) -> AnchorGen
 
 def _lookup(table: dict, key: str, value: str):
     if value not in table:
-        raise KeyError(f"{key} = {value!r} is not registered; allowed: {', '.join(sorted(table))}")
+        allowed = ", ".join(name or repr(name) for name in sorted(table))  # "" (no norm, detectron2's) shown as ''
+        raise KeyError(f"{key} = {value!r} is not registered; allowed: {allowed}")
     return table[value]
 
 

@@ -27,11 +27,15 @@ heads.
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable, Optional
+
 import torch
+from torch import nn
 from torch import Tensor
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 
-from .build import _anchor_generator, backbone_kwargs, build_fpn_backbone, detector_transform, register_meta_arch
+from .build import _anchor_generator, _lookup, backbone_kwargs, build_fpn_backbone, detector_transform, register_meta_arch
 from .losses import weighted_anchor_box_loss, weighted_sigmoid_focal_loss
 from .one_stage import OneStageMixin
 from .targets import WeightedLossMixin, instance_weights, loss_scale, per_sample_weights
@@ -75,6 +79,16 @@ def _sum(values: list[Tensor]) -> Tensor:
     return total
 
 
+HEAD_NORMS = {"": None, "GN": partial(nn.GroupNorm, 32)}  # MODEL.RETINANET.NORM -> torchvision's norm_layer
+
+
+def head_norm_layer(norm: str) -> Optional[Callable[[int], nn.Module]]:
+    """``MODEL.RETINANET.NORM`` as torchvision's ``norm_layer`` of the head's conv towers: "" none (torchvision's
+    RetinaNet: its towers start at std 0.01, so from scratch the signal and gradient through four of them are
+    tiny and the focal loss barely moves), "GN" GroupNorm with 32 groups (``retinanet_resnet50_fpn_v2``)."""
+    return _lookup(HEAD_NORMS, "MODEL.RETINANET.NORM", norm)
+
+
 @register_meta_arch("RetinaNet")
 class LossMixRetinaNet(OneStageMixin, RetinaNet):
     """torchvision's ``RetinaNet`` with :class:`WeightedRetinaNetHead` (its parameters kept) and the project's
@@ -86,9 +100,10 @@ class LossMixRetinaNet(OneStageMixin, RetinaNet):
     def from_config(cls, cfg) -> "LossMixRetinaNet":
         m, r = cfg.MODEL, cfg.MODEL.RETINANET
         body, num_levels = build_fpn_backbone(**backbone_kwargs(cfg))
-        model = cls(body, m.ROI_HEADS.NUM_CLASSES,
-                    anchor_generator=_anchor_generator(m.ANCHOR_GENERATOR.SIZES, m.ANCHOR_GENERATOR.ASPECT_RATIOS,
-                                                       num_levels),
+        anchors = _anchor_generator(m.ANCHOR_GENERATOR.SIZES, m.ANCHOR_GENERATOR.ASPECT_RATIOS, num_levels)
+        head = RetinaNetHead(body.out_channels, anchors.num_anchors_per_location()[0], m.ROI_HEADS.NUM_CLASSES,
+                             norm_layer=head_norm_layer(r.NORM))
+        model = cls(body, m.ROI_HEADS.NUM_CLASSES, anchor_generator=anchors, head=head,
                     bg_iou_thresh=r.IOU_THRESHOLDS[0], fg_iou_thresh=r.IOU_THRESHOLDS[1],
                     score_thresh=r.SCORE_THRESH_TEST, nms_thresh=r.NMS_THRESH_TEST,
                     detections_per_img=r.DETECTIONS_PER_IMAGE, topk_candidates=r.TOPK_CANDIDATES_TEST,
@@ -97,4 +112,4 @@ class LossMixRetinaNet(OneStageMixin, RetinaNet):
         return model
 
 
-__all__ = ["LossMixRetinaNet", "WeightedRetinaNetHead"]
+__all__ = ["HEAD_NORMS", "LossMixRetinaNet", "WeightedRetinaNetHead", "head_norm_layer"]
