@@ -31,8 +31,7 @@ from functools import partial
 from typing import Callable, Optional
 
 import torch
-from torch import nn
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 
 from .build import _anchor_generator, _lookup, backbone_kwargs, build_fpn_backbone, detector_transform, register_meta_arch
