@@ -31,7 +31,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("protocol, entry", [("supervised", "none"), ("supervised", "lossmix")])
+@pytest.mark.parametrize("protocol, entry", [("supervised", "none"), ("supervised", "lossmix"),
+                                             ("one_stage", "retinanet_lossmix"), ("one_stage", "fcos_lossmix")])
 def test_committed_run_reproduces_past_an_evaluation(tmp_path, one_thread, protocol, entry):
     with open(os.path.join(REPO, "docs", "benchmark", f"{protocol}.json"), encoding="utf-8") as f:
         report = json.load(f)
