@@ -246,7 +246,8 @@ def test_retinanet_head_norm_from_config():
     gn = build_detector(cfg)
     norms = [mod for mod in gn.head.modules() if isinstance(mod, nn.GroupNorm)]
     assert len(norms) == 8 and all(n.num_groups == 32 and n.num_channels == 64 for n in norms)
-    v2 = RetinaNetHead(64, gn.anchor_generator.num_anchors_per_location()[0], 4, norm_layer=lambda c: nn.GroupNorm(32, c))
+    anchors_per_location = gn.anchor_generator.num_anchors_per_location()[0]
+    v2 = RetinaNetHead(64, anchors_per_location, 4, norm_layer=lambda c: nn.GroupNorm(32, c))
     assert gn.head.state_dict().keys() == v2.state_dict().keys()
     assert not any(n.startswith("head.") for n in expected if "norm" in n)  # the stock head has none
 

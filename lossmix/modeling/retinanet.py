@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 
-from .build import _anchor_generator, _lookup, backbone_kwargs, build_fpn_backbone, detector_transform, register_meta_arch
+from .build import (_anchor_generator, _lookup, backbone_kwargs, build_fpn_backbone, detector_transform,
+                    register_meta_arch)
 from .losses import weighted_anchor_box_loss, weighted_sigmoid_focal_loss
 from .one_stage import OneStageMixin
 from .targets import WeightedLossMixin, instance_weights, loss_scale, per_sample_weights
