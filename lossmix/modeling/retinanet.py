@@ -27,14 +27,13 @@ heads.
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 
-from .build import (_anchor_generator, _lookup, backbone_kwargs, build_fpn_backbone, detector_transform,
+from .build import (NORM_LAYERS, _anchor_generator, _lookup, backbone_kwargs, build_fpn_backbone, detector_transform,
                     register_meta_arch)
 from .losses import weighted_anchor_box_loss, weighted_sigmoid_focal_loss
 from .one_stage import OneStageMixin
@@ -79,7 +78,7 @@ def _sum(values: list[Tensor]) -> Tensor:
     return total
 
 
-HEAD_NORMS = {"": None, "GN": partial(nn.GroupNorm, 32)}  # MODEL.RETINANET.NORM -> torchvision's norm_layer
+HEAD_NORMS = {"": None, "GN": NORM_LAYERS["GN"]}  # MODEL.RETINANET.NORM -> norm_layer; GN as MODEL.BACKBONE.NORM's
 
 
 def head_norm_layer(norm: str) -> Optional[Callable[[int], nn.Module]]:
